@@ -1,0 +1,130 @@
+//! CreateTopics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::broker::{Broker, BrokerError};
+use crate::topic_config;
+
+/// DescribeConfigs/CreateTopics config source: default config.
+const SOURCE_DEFAULT: i8 = 5;
+const SOURCE_TOPIC: i8 = 1;
+
+pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    let mut resp = CreateTopicsResponse::default();
+    for t in req.topics {
+        let name = t.name.as_str().to_string();
+        let partitions = if t.num_partitions == -1 {
+            broker.config.num_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 { 1 } else { t.replication_factor };
+        let mut result = CreatableTopicResult::default().with_name(t.name.clone());
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_string(), v.as_str().to_string())))
+            .collect();
+        let checked = if !t.assignments.is_empty() {
+            check_assignments(broker, &t.assignments, &name, rf, &configs).map(|n| (n, configs))
+        } else {
+            broker.check_new_topic(&name, partitions, rf, &configs).map(|()| (partitions, configs))
+        };
+        let outcome = match checked {
+            Err(e) => Err(e),
+            Ok(_) if req.validate_only => Ok(None),
+            Ok((n, configs)) => broker.create_topic(&name, n, configs).await.map(Some),
+        };
+        match outcome {
+            Ok(created) => {
+                let (n, topic_configs, id) = match &created {
+                    Some(topic) => (topic.record.partitions, topic.record.configs.clone(), topic.record.id),
+                    None => (partitions, BTreeMap::new(), [0u8; 16]),
+                };
+                if version >= 5 {
+                    result = result.with_num_partitions(n).with_replication_factor(1);
+                    result.configs = Some(describe(broker, &topic_configs));
+                }
+                if version >= 7 {
+                    result.topic_id = super::uuid_of(&id);
+                }
+            }
+            Err(e) => {
+                let code = error_code(&e);
+                super::note_error(broker, "CreateTopics", code);
+                result = result.with_error_code(code);
+                if version >= 1 {
+                    result.error_message = super::message(e.to_string());
+                }
+            }
+        }
+        resp.topics.push(result);
+    }
+    resp
+}
+
+fn check_assignments(
+    broker: &Broker,
+    assignments: &[kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment],
+    name: &str,
+    rf: i16,
+    configs: &BTreeMap<String, String>,
+) -> Result<i32, BrokerError> {
+    let me = broker.config.broker_id();
+    for (i, a) in assignments.iter().enumerate() {
+        if a.partition_index != i as i32 {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "replica assignments must list partitions 0..n in order; found partition {} at position {i}",
+                a.partition_index
+            )));
+        }
+        if a.broker_ids.iter().any(|b| b.0 != me) || a.broker_ids.len() != 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "partition {} is assigned to brokers {:?}; this cluster has only broker {me}",
+                a.partition_index,
+                a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>()
+            )));
+        }
+    }
+    let n = i32::try_from(assignments.len()).unwrap_or(i32::MAX);
+    let rf = if rf == -1 { 1 } else { rf };
+    broker.check_new_topic(name, n, rf, configs)?;
+    Ok(n)
+}
+
+pub fn error_code(e: &BrokerError) -> i16 {
+    match e {
+        BrokerError::TopicExists(_) => ResponseError::TopicAlreadyExists.code(),
+        BrokerError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition.code(),
+        BrokerError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),
+        BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
+        BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor.code(),
+        BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
+        BrokerError::Meta(_) | BrokerError::Partition(_) | BrokerError::Io(_) => {
+            ResponseError::KafkaStorageError.code()
+        }
+    }
+}
+
+/// Every topic config with its effective value, as CreateTopics v5+ reports them.
+fn describe(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
+    topic_config::TOPIC_CONFIGS
+        .iter()
+        .map(|def| {
+            let (value, source) = match overrides.get(def.name) {
+                Some(v) => (Some(v.clone()), SOURCE_TOPIC),
+                None => (topic_config::default_value(def.name, &broker.config), SOURCE_DEFAULT),
+            };
+            CreatableTopicConfigs::default()
+                .with_name(StrBytes::from_static_str(def.name))
+                .with_value(value.map(StrBytes::from_string))
+                .with_config_source(source)
+        })
+        .collect()
+}

@@ -1,0 +1,121 @@
+//! Metadata: brokers, topics and partitions; creates missing topics when asked and allowed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::broker::{Broker, BrokerError, Topic};
+
+pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let c = &broker.config;
+    let me = BrokerId(c.broker_id());
+    // Fields a version lacks must keep their defaults, or encoding fails.
+    let mut resp = MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(me)
+            .with_host(StrBytes::from_string(c.advertised_host.clone()))
+            .with_port(i32::from(c.advertised_port))]);
+    if version >= 1 {
+        resp.controller_id = me;
+    }
+    if version >= 2 {
+        resp.cluster_id = Some(StrBytes::from_string(broker.cluster_id.clone()));
+    }
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let wanted = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    let Some(wanted) = wanted else {
+        resp.topics = broker.topics().iter().map(|t| describe(t, version)).collect();
+        return resp;
+    };
+    // Versions before 4 have no flag: they always ask for auto-creation.
+    let allow_create = (version < 4 || req.allow_auto_topic_creation) && c.auto_create_topics;
+    for t in wanted {
+        let entry = match (&t.name, t.topic_id.is_nil()) {
+            (Some(name), _) => by_name(broker, name, allow_create, version).await,
+            (None, false) => match broker.topic_by_id(t.topic_id.as_bytes()) {
+                Some(topic) => describe(&topic, version),
+                None => error_topic(None, t.topic_id, ResponseError::UnknownTopicId),
+            },
+            (None, true) => error_topic(None, t.topic_id, ResponseError::InvalidRequest),
+        };
+        super::note_error(broker, "Metadata", entry.error_code);
+        resp.topics.push(entry);
+    }
+    resp
+}
+
+async fn by_name(broker: &Arc<Broker>, name: &TopicName, allow_create: bool, version: i16) -> MetadataResponseTopic {
+    if let Some(topic) = broker.topic(name.as_str()) {
+        return describe(&topic, version);
+    }
+    if !allow_create {
+        return error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::UnknownTopicOrPartition);
+    }
+    let partitions = broker.config.num_partitions;
+    match broker.create_topic(name.as_str(), partitions, BTreeMap::new()).await {
+        Ok(topic) => describe(&topic, version),
+        // Another request created it first.
+        Err(BrokerError::TopicExists(_)) => match broker.topic(name.as_str()) {
+            Some(topic) => describe(&topic, version),
+            None => error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::LeaderNotAvailable),
+        },
+        Err(BrokerError::InvalidTopicName { .. }) => {
+            error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::InvalidTopicException)
+        }
+        Err(e) => {
+            tracing::warn!(topic = name.as_str(), error = %e, "auto-creation failed");
+            error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::UnknownServerError)
+        }
+    }
+}
+
+fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: ResponseError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(name)
+        .with_topic_id(id)
+        .with_error_code(error.code())
+}
+
+/// A topic's metadata: this broker leads every partition (single voter).
+pub fn describe(topic: &Topic, version: i16) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let (leader, error) = if p.is_leader() {
+                (BrokerId(p.node_id()), 0)
+            } else {
+                (BrokerId(-1), ResponseError::LeaderNotAvailable.code())
+            };
+            let out = MetadataResponsePartition::default()
+                .with_partition_index(p.index)
+                .with_error_code(error)
+                .with_leader_id(leader)
+                .with_replica_nodes(vec![BrokerId(p.node_id())])
+                .with_isr_nodes(vec![BrokerId(p.node_id())]);
+            if version >= 7 {
+                out.with_leader_epoch(p.leader_epoch())
+            } else {
+                out
+            }
+        })
+        .collect();
+    let out = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.record.name.clone()))))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(i32::MIN);
+    if version >= 10 {
+        out.with_topic_id(super::uuid_of(&topic.record.id))
+    } else {
+        out
+    }
+}

@@ -1,0 +1,144 @@
+//! Produce: validate each partition's record batch, give it GSNs, append it through Raft.
+//!
+//! All partitions of a request are queued first and awaited afterwards, so their sequencer
+//! tickets and Raft appends overlap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+use tokio::sync::oneshot;
+
+use crate::broker::{Broker, Topic};
+use crate::partition::{Acks, AppendError};
+use crate::storage::batch::{self, BatchError};
+
+/// Kafka's default max.message.bytes.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+/// Upper bound on a produce request's own timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+type Pending = Result<oneshot::Receiver<Result<i64, AppendError>>, i16>;
+
+pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let acks = match req.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    // Queue every partition first (in request order), then await them together.
+    let mut queued: Vec<(TopicProduceResponse, Vec<(i32, Pending)>)> = Vec::new();
+    for td in req.topic_data {
+        let topic = if version >= 13 {
+            broker.topic_by_id(td.topic_id.as_bytes())
+        } else {
+            broker.topic(td.name.as_str())
+        };
+        let unknown = if version >= 13 {
+            ResponseError::UnknownTopicId
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
+        let mut parts = Vec::new();
+        for pd in td.partition_data {
+            let pending = match (&topic, acks) {
+                (_, None) => Err(ResponseError::InvalidRequiredAcks.code()),
+                (None, _) => Err(unknown.code()),
+                (Some(topic), Some(acks)) => queue(broker, topic, pd.index, pd.records, acks).await,
+            };
+            parts.push((pd.index, pending));
+        }
+        let mut head = TopicProduceResponse::default().with_name(td.name);
+        if version >= 13 {
+            head.topic_id = td.topic_id;
+        }
+        queued.push((head, parts));
+    }
+    if acks == Some(Acks::None) {
+        return None;
+    }
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0)).min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut resp = ProduceResponse::default();
+    for (mut head, parts) in queued {
+        for (index, pending) in parts {
+            let result = match pending {
+                Err(code) => Err(code),
+                Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => Err(ResponseError::RequestTimedOut.code()),
+                    Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
+                    Ok(Ok(r)) => r.map_err(append_error_code),
+                },
+            };
+            head.partition_responses.push(partition_response(broker, index, result, version));
+        }
+        resp.responses.push(head);
+    }
+    Some(resp)
+}
+
+fn partition_response(broker: &Broker, index: i32, result: Result<i64, i16>, version: i16) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+    if version >= 5 {
+        r.log_start_offset = 0;
+    }
+    match result {
+        Ok(base) => r.with_base_offset(base),
+        Err(code) => {
+            super::note_error(broker, "Produce", code);
+            r.with_error_code(code).with_base_offset(-1)
+        }
+    }
+}
+
+/// Validates one partition's records and queues them; Err is a Kafka error code.
+async fn queue(broker: &Broker, topic: &Topic, index: i32, records: Option<Bytes>, acks: Acks) -> Pending {
+    let partition = topic
+        .partition(index)
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let records = records.ok_or(ResponseError::InvalidRecord.code())?;
+    let max = topic
+        .record
+        .configs
+        .get("max.message.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if records.len() > max {
+        return Err(ResponseError::MessageTooLarge.code());
+    }
+    let header = batch::verify_produce_records(&records).map_err(|e| {
+        tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected batch");
+        batch_error_code(&e)
+    })?;
+    let count = u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
+    let name = topic.record.name.as_str();
+    broker.metrics.bytes_in.with_label_values(&[name]).inc_by(records.len() as u64);
+    broker.metrics.records_in.with_label_values(&[name]).inc_by(count);
+    // The request's buffer is shared; the stamped copy is the one that is stored.
+    let owned = BytesMut::from(&records[..]);
+    partition.enqueue(owned, count, acks).await.map_err(append_error_code)
+}
+
+fn batch_error_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::Truncated { .. } | BatchError::BadLength(_) | BatchError::CrcMismatch { .. } => {
+            ResponseError::CorruptMessage.code()
+        }
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+        BatchError::BadRecordCount { .. } | BatchError::NotOneBatch(_) | BatchError::ControlBatch => {
+            ResponseError::InvalidRecord.code()
+        }
+    }
+}
+
+fn append_error_code(e: AppendError) -> i16 {
+    match e {
+        AppendError::NotLeader | AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        AppendError::Sequencer(_) => ResponseError::RequestTimedOut.code(),
+        AppendError::Storage(_) => ResponseError::KafkaStorageError.code(),
+    }
+}

@@ -1,0 +1,325 @@
+//! Broker configuration: flags, `BROKER_*` environment variables and an optional TOML file.
+//!
+//! Precedence is flag > environment > file > default. Every value is validated at start so a
+//! wrong value stops the process with a message naming it, instead of failing later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// When the log is fsynced relative to acknowledging writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// fsync before an entry counts as persisted: acks=all survives power loss.
+    Always,
+    /// fsync every `flush_interval_ms`: acks=all survives a process crash, not power loss.
+    Interval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for the broker: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for `{name}`: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Values a config file may set; every field optional so flags and env can override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<SocketAddr>,
+    advertised_host: Option<String>,
+    advertised_port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    num_partitions: Option<i32>,
+    auto_create_topics: Option<bool>,
+    segment_bytes: Option<u64>,
+    segment_ms: Option<u64>,
+    index_interval_bytes: Option<u64>,
+    max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    flush_policy: Option<FlushPolicy>,
+    flush_interval_ms: Option<u64>,
+    sequencer_window_us: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Command line (and environment) of the `broker` binary.
+#[derive(Debug, Parser)]
+#[command(name = "broker", version, about = "Kafka-wire-compatible broker whose offsets are global sequence numbers")]
+pub struct Args {
+    /// TOML file with any of the options below (kebab-case keys).
+    #[arg(long, env = "BROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This broker's id (reported in Metadata, used as the Raft node id).
+    #[arg(long, env = "BROKER_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Kafka listener address. Default 0.0.0.0:9092.
+    #[arg(long, env = "BROKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Host name clients are told to connect to. Default localhost.
+    #[arg(long, env = "BROKER_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Port clients are told to connect to. Default: the listen port.
+    #[arg(long, env = "BROKER_ADVERTISED_PORT")]
+    pub advertised_port: Option<u16>,
+    /// Directory for segment files and the metadata store. Default ./data.
+    #[arg(long, env = "BROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Prometheus endpoint (GET /metrics). Default 0.0.0.0:9100.
+    #[arg(long, env = "BROKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Partitions of auto-created topics (Kafka's num.partitions). Default 1.
+    #[arg(long, env = "BROKER_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// Create topics named in Metadata requests (auto.create.topics.enable). Default true.
+    #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Roll a segment at this size (segment.bytes). Default 1 GiB.
+    #[arg(long, env = "BROKER_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Roll a segment at this age (segment.ms). Default 7 days.
+    #[arg(long, env = "BROKER_SEGMENT_MS")]
+    pub segment_ms: Option<u64>,
+    /// Bytes of log between sparse offset-index entries (index.interval.bytes). Default 4096.
+    #[arg(long, env = "BROKER_INDEX_INTERVAL_BYTES")]
+    pub index_interval_bytes: Option<u64>,
+    /// Largest request frame accepted (socket.request.max.bytes). Default 100 MiB.
+    #[arg(long, env = "BROKER_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most client connections served at once. Default 10000.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// always: fsync before acknowledging; interval: fsync every flush-interval-ms.
+    #[arg(long, env = "BROKER_FLUSH_POLICY", value_enum)]
+    pub flush_policy: Option<FlushPolicy>,
+    /// Period of the background fsync under --flush-policy interval. Default 1000.
+    #[arg(long, env = "BROKER_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// How long the sequencer client gathers requests from all partitions into one. Default 0
+    /// (send at once; requests arriving while one is in flight are batched into the next).
+    #[arg(long, env = "BROKER_SEQUENCER_WINDOW_US")]
+    pub sequencer_window_us: Option<u64>,
+    /// Log output format.
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The validated configuration the broker runs with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub data_dir: PathBuf,
+    pub metrics_listen: SocketAddr,
+    pub num_partitions: i32,
+    pub auto_create_topics: bool,
+    pub log: LogConfig,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub sequencer_window: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Settings of every partition log (topic-level overrides come with the configs issue).
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub index_interval_bytes: u64,
+    pub flush_policy: FlushPolicy,
+    pub flush_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            flush_policy: FlushPolicy::Always,
+            flush_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Upper bounds that keep a typo from becoming an outage.
+const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+const MIN_SEGMENT_BYTES: u64 = 1024;
+
+impl BrokerConfig {
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9092)));
+        let defaults = LogConfig::default();
+        let log = LogConfig {
+            segment_bytes: args.segment_bytes.or(file.segment_bytes).unwrap_or(defaults.segment_bytes),
+            segment_ms: args.segment_ms.or(file.segment_ms).unwrap_or(defaults.segment_ms),
+            index_interval_bytes: args
+                .index_interval_bytes
+                .or(file.index_interval_bytes)
+                .unwrap_or(defaults.index_interval_bytes),
+            flush_policy: args.flush_policy.or(file.flush_policy).unwrap_or(defaults.flush_policy),
+            flush_interval: Duration::from_millis(
+                args.flush_interval_ms.or(file.flush_interval_ms).unwrap_or(1000),
+            ),
+        };
+        let config = Self {
+            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            listen,
+            advertised_host: args
+                .advertised_host
+                .or(file.advertised_host)
+                .unwrap_or_else(|| "localhost".to_string()),
+            advertised_port: args.advertised_port.or(file.advertised_port).unwrap_or(listen.port()),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9100))),
+            num_partitions: args.num_partitions.or(file.num_partitions).unwrap_or(1),
+            auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
+            log,
+            max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(100 << 20),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
+            sequencer_window: Duration::from_micros(
+                args.sequencer_window_us.or(file.sequencer_window_us).unwrap_or(0),
+            ),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&self.num_partitions) {
+            return invalid(
+                "num-partitions",
+                format!("{} is outside 1..={MAX_PARTITIONS_PER_TOPIC}", self.num_partitions),
+            );
+        }
+        if self.log.segment_bytes < MIN_SEGMENT_BYTES || self.log.segment_bytes > u32::MAX as u64 {
+            return invalid(
+                "segment-bytes",
+                format!("{} is outside {MIN_SEGMENT_BYTES}..={}", self.log.segment_bytes, u32::MAX),
+            );
+        }
+        if self.log.segment_ms == 0 {
+            return invalid("segment-ms", "must be at least 1".into());
+        }
+        if self.log.index_interval_bytes == 0 {
+            return invalid("index-interval-bytes", "must be at least 1".into());
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > i32::MAX as usize {
+            return invalid(
+                "max-frame-bytes",
+                format!("{} is outside 1024..={}", self.max_frame_bytes, i32::MAX),
+            );
+        }
+        if self.max_connections == 0 {
+            return invalid("max-connections", "must be at least 1".into());
+        }
+        if self.log.flush_interval.is_zero() {
+            return invalid("flush-interval-ms", "must be at least 1".into());
+        }
+        if self.advertised_host.is_empty() {
+            return invalid("advertised-host", "must not be empty".into());
+        }
+        if self.node_id > i32::MAX as u64 {
+            return invalid("node-id", format!("{} does not fit a Kafka broker id (i32)", self.node_id));
+        }
+        Ok(())
+    }
+
+    /// Broker id as Kafka encodes it.
+    pub fn broker_id(&self) -> i32 {
+        // validate() guarantees the id fits.
+        self.node_id as i32
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<BrokerConfig, ConfigError> {
+        let mut full = vec!["broker"];
+        full.extend_from_slice(argv);
+        BrokerConfig::from_args(Args::parse_from(full))
+    }
+
+    #[test]
+    fn defaults_just_work() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.listen.port(), 9092);
+        assert_eq!(c.advertised_port, 9092);
+        assert_eq!(c.num_partitions, 1);
+        assert_eq!(c.log.flush_policy, FlushPolicy::Always);
+    }
+
+    #[test]
+    fn wrong_value_names_the_option() {
+        let err = parse(&["--num-partitions", "0"]).expect_err("0 partitions is invalid");
+        assert!(err.to_string().contains("num-partitions"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_overridden_by_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "num-partitions = 4\nnode-id = 7\n").expect("write");
+        let c = parse(&["--config", path.to_str().expect("utf8"), "--num-partitions", "2"]).expect("valid");
+        assert_eq!(c.num_partitions, 2);
+        assert_eq!(c.node_id, 7);
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "num-partiton = 4\n").expect("write");
+        assert!(parse(&["--config", path.to_str().expect("utf8")]).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! A Kafka-wire-compatible broker whose offsets are global sequence numbers (GSNs).
+//!
+//! Layout: `server` (sockets and framing loop) → `protocol` (frames, headers, bounds) →
+//! `api` (one handler per Kafka API) → `broker` / `partition` (state) → `raft` (openraft
+//! groups) → `storage` (segment files and RocksDB). `sequencer` hands out GSNs.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod metrics;
+pub mod partition;
+pub mod protocol;
+pub mod raft;
+pub mod sequencer;
+pub mod server;
+pub mod storage;
+pub mod topic_config;

@@ -1,0 +1,359 @@
+//! openraft log storage over the partition's segment log.
+//!
+//! Entries that carry a batch go to the segment files (written once, read back by fetch);
+//! blank and membership entries go to RocksDB. Appends are written to the page cache at
+//! once and made durable by a per-partition flusher task that fsyncs once for every group of
+//! appends queued behind it (group commit), then reports them persisted in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::fs::File;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{CommittedLeaderId, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use super::{BatchEntry, Entry, LogId, StorageError, TypeConfig};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::storage::batch;
+use crate::storage::log::PartitionLog;
+use crate::storage::meta::MetaStore;
+
+/// Most appends waiting for one fsync; more wait for the next.
+const FLUSH_QUEUE: usize = 1024;
+
+/// Log state shared by the Raft log store and the fetch path.
+pub struct LogShared {
+    pub log: PartitionLog,
+    others: BTreeMap<u64, Entry>,
+    other_indexes: BTreeSet<u64>,
+    last_purged: Option<LogId>,
+    last_log_id: Option<LogId>,
+}
+
+pub type SharedLog = Arc<RwLock<LogShared>>;
+
+struct FlushJob {
+    file: Option<Arc<File>>,
+    callback: LogFlushed<TypeConfig>,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    group: String,
+    node_id: u64,
+    meta: Arc<MetaStore>,
+    shared: SharedLog,
+    flusher: mpsc::Sender<FlushJob>,
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn lock_err() -> StorageError {
+    io_err(io::Error::other("partition log lock poisoned"))
+}
+
+impl LogStore {
+    /// Opens the log of Raft group `group` stored in `dir`, recovering from any crash.
+    pub fn open(
+        group: &str,
+        node_id: u64,
+        dir: &std::path::Path,
+        config: LogConfig,
+        meta: Arc<MetaStore>,
+    ) -> Result<Self, StorageError> {
+        let others: BTreeMap<u64, Entry> = meta
+            .raft_entries::<Entry>(group)
+            .map_err(read_err)?
+            .into_iter()
+            .map(|e| (e.log_id.index, e))
+            .collect();
+        let mut other_indexes: BTreeSet<u64> = others.keys().copied().collect();
+        let log = PartitionLog::open(dir, config, &other_indexes).map_err(read_err)?;
+        let last_purged: Option<LogId> = meta.get_raft(group, "purged").map_err(read_err)?;
+        let mut shared = LogShared {
+            log,
+            others,
+            other_indexes: BTreeSet::new(),
+            last_purged,
+            last_log_id: None,
+        };
+        // Non-batch entries past the end of the recovered log were written after batches that
+        // a crash tore off; they are not part of the log any more.
+        let end = contiguous_end(&shared, &other_indexes, node_id);
+        let stale: Vec<u64> = other_indexes.range(end.map_or(0, |l| l.index + 1)..).copied().collect();
+        for idx in stale {
+            meta.delete_raft_entry(group, idx).map_err(io_err)?;
+            shared.others.remove(&idx);
+            other_indexes.remove(&idx);
+        }
+        shared.other_indexes = other_indexes;
+        shared.last_log_id = end.or(shared.last_purged);
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
+        tokio::spawn(run_flusher(rx, config.flush_policy, config.flush_interval, shared.log.active_file()));
+        Ok(Self {
+            group: group.to_string(),
+            node_id,
+            meta,
+            shared: Arc::new(RwLock::new(shared)),
+            flusher: tx,
+        })
+    }
+
+    pub fn shared(&self) -> SharedLog {
+        Arc::clone(&self.shared)
+    }
+
+    fn log_id(&self, term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, self.node_id), index)
+    }
+}
+
+/// The last log id of the gap-free run of entries starting at the earliest known entry.
+fn contiguous_end(shared: &LogShared, others: &BTreeSet<u64>, node_id: u64) -> Option<LogId> {
+    let last_batch = shared.log.last_batch();
+    let mut candidates: Vec<LogId> = Vec::new();
+    if let Some(b) = last_batch {
+        candidates.push(LogId::new(
+            CommittedLeaderId::new(b.loc.span.leader_epoch.max(0) as u64, node_id),
+            b.raft_index,
+        ));
+    }
+    // Non-batch entries directly following the last batch (or forming the whole log) extend it.
+    let mut next = last_batch.map(|b| b.raft_index + 1);
+    if next.is_none() {
+        next = others.iter().next().copied();
+    }
+    if let Some(mut idx) = next {
+        while let Some(e) = shared.others.get(&idx) {
+            candidates.push(e.log_id);
+            idx += 1;
+        }
+    }
+    candidates.into_iter().max_by_key(|l| l.index)
+}
+
+/// Syncs appended data and reports it persisted, one fsync per group of queued appends.
+async fn run_flusher(
+    mut rx: mpsc::Receiver<FlushJob>,
+    policy: FlushPolicy,
+    interval: Duration,
+    mut last_file: Option<Arc<File>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => match job { Some(j) => j, None => break },
+            _ = ticker.tick(), if policy == FlushPolicy::Interval => {
+                if let Some(f) = last_file.clone() {
+                    let _ = tokio::task::spawn_blocking(move || f.sync_data()).await;
+                }
+                continue;
+            }
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < FLUSH_QUEUE {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for f in jobs.iter().filter_map(|j| j.file.clone()) {
+            if !files.iter().any(|g| Arc::ptr_eq(g, &f)) {
+                files.push(f);
+            }
+        }
+        if let Some(f) = files.last() {
+            last_file = Some(Arc::clone(f));
+        }
+        let result = if policy == FlushPolicy::Always && !files.is_empty() {
+            match tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data())).await {
+                Ok(r) => r,
+                Err(join) => Err(io::Error::other(join.to_string())),
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "fsync of partition log failed");
+        }
+        for job in jobs {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            job.callback.log_io_completed(r);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let shared = self.shared.read().map_err(|_| lock_err())?;
+        let Some(last) = shared.last_log_id else {
+            return Ok(Vec::new());
+        };
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => (*e).min(last.index),
+            Bound::Excluded(e) => e.saturating_sub(1).min(last.index),
+            Bound::Unbounded => last.index,
+        };
+        if matches!(range.end_bound(), Bound::Excluded(0)) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for idx in start..=end {
+            if let Some(e) = shared.others.get(&idx) {
+                out.push(e.clone());
+                continue;
+            }
+            match shared.log.batch_by_raft_index(idx, &shared.other_indexes).map_err(read_err)? {
+                Some((found, bytes)) => out.push(Entry {
+                    log_id: self.log_id(found.loc.span.leader_epoch.max(0) as u64, idx),
+                    payload: EntryPayload::Normal(BatchEntry {
+                        batch: bytes,
+                        appended: None,
+                    }),
+                }),
+                // Purged or never written: entries must be returned without holes.
+                None if out.is_empty() => continue,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let shared = self.shared.read().map_err(|_| lock_err())?;
+        Ok(LogState {
+            last_purged_log_id: shared.last_purged,
+            last_log_id: shared.last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.meta
+            .put_raft(&self.group, "vote", vote, true)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.meta
+            .get_raft(&self.group, "vote")
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.meta.put_raft(&self.group, "committed", &committed, false).map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta.get_raft::<Option<LogId>>(&self.group, "committed").map_err(read_err)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let file = {
+            let mut shared = self.shared.write().map_err(|_| lock_err())?;
+            let mut file = None;
+            for entry in entries {
+                let log_id = entry.log_id;
+                match &entry.payload {
+                    EntryPayload::Normal(data) => {
+                        file = Some(append_batch(&mut shared.log, log_id, data)?);
+                        if let Some(signal) = &data.appended {
+                            signal.fire();
+                        }
+                    }
+                    EntryPayload::Blank | EntryPayload::Membership(_) => {
+                        self.meta.put_raft_entry(&self.group, log_id.index, &entry).map_err(io_err)?;
+                        shared.other_indexes.insert(log_id.index);
+                        shared.others.insert(log_id.index, entry);
+                    }
+                }
+                shared.last_log_id = Some(log_id);
+            }
+            file
+        };
+        self.flusher
+            .send(FlushJob { file, callback })
+            .await
+            .map_err(|_| io_err(io::Error::other("partition flusher stopped")))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut shared = self.shared.write().map_err(|_| lock_err())?;
+        let doomed: Vec<u64> = shared.other_indexes.range(log_id.index..).copied().collect();
+        for idx in doomed {
+            self.meta.delete_raft_entry(&self.group, idx).map_err(io_err)?;
+            shared.others.remove(&idx);
+            shared.other_indexes.remove(&idx);
+        }
+        let others = shared.other_indexes.clone();
+        shared.log.truncate_from_raft_index(log_id.index, &others).map_err(io_err)?;
+        let end = contiguous_end(&shared, &others, self.node_id);
+        shared.last_log_id = end.or(shared.last_purged);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Segments are removed by retention, not by Raft; only non-batch entries go here.
+        let mut shared = self.shared.write().map_err(|_| lock_err())?;
+        self.meta.put_raft(&self.group, "purged", &log_id, true).map_err(io_err)?;
+        let doomed: Vec<u64> = shared.other_indexes.range(..=log_id.index).copied().collect();
+        for idx in doomed {
+            self.meta.delete_raft_entry(&self.group, idx).map_err(io_err)?;
+            shared.others.remove(&idx);
+            shared.other_indexes.remove(&idx);
+        }
+        shared.last_purged = Some(log_id);
+        if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
+            shared.last_log_id = Some(log_id);
+        }
+        Ok(())
+    }
+}
+
+fn append_batch(log: &mut PartitionLog, log_id: LogId, data: &BatchEntry) -> Result<Arc<File>, StorageError> {
+    let header = batch::parse_and_verify(&data.batch).map_err(|e| io_err(io::Error::other(e)))?;
+    let mut span = header.span;
+    span.leader_epoch = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
+    log.append(log_id.index, &data.batch, span, header.max_timestamp, now_ms())
+        .map_err(|e| StorageIOError::write_log_entry(log_id, &e).into())
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

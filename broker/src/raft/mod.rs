@@ -1,0 +1,91 @@
+//! Raft (openraft) for partitions: each partition is one Raft group whose log is the
+//! partition's segment log (see `storage::log`). This issue runs every group with a single
+//! voter; the storage, state machine and types are the ones the replicated cluster keeps.
+
+// openraft's storage traits return its `StorageError` (208 bytes); our helpers return the same
+// type so `?` flows through them unchanged. Errors are rare, so the size costs nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+openraft::declare_raft_types!(
+    /// Types of a partition's Raft group.
+    pub TypeConfig:
+        D = BatchEntry,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type PartitionRaft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// Fired once when the leader has written an entry to its own log (before fsync and before
+/// commit): what acks=1 waits for.
+#[derive(Clone, Default)]
+pub struct AppendedSignal(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+
+impl AppendedSignal {
+    pub fn new() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    pub fn fire(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            if let Some(tx) = slot.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendedSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppendedSignal")
+    }
+}
+
+/// The application payload of a Raft entry: one record batch, already stamped with its GSN
+/// base offset. The Raft term goes into partitionLeaderEpoch when the entry is stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchEntry {
+    pub batch: Bytes,
+    /// Local-only hook for acks=1; never replicated.
+    #[serde(skip)]
+    pub appended: Option<AppendedSignal>,
+}
+
+/// What applying an entry reports back to the writer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub high_watermark: i64,
+}
+
+/// Raft timing for partition groups. Snapshots are never taken: the log is the state, and
+/// it is trimmed by retention, not by Raft.
+pub fn partition_raft_config() -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let config = openraft::Config {
+        cluster_name: "partition".to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_payload_entries: 64,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}

@@ -1,0 +1,435 @@
+//! A partition log: ordered segments of stamped record batches.
+//!
+//! The log is also the partition's Raft log: every Raft entry that carries a batch is stored
+//! here once, and nowhere else. Raft indexes of batches are not written into the batch; they are
+//! derived. A segment's file name holds the Raft index of its first batch, and Raft entries that
+//! carry no batch (blank and membership entries) are kept by the caller and passed in as the set
+//! `others`, so batch k of a segment has the k-th index, counting from the segment's first,
+//! that is not in `others`. The active segment keeps that mapping in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::batch::BatchSpan;
+use super::segment::{self, BatchLoc, Segment};
+use crate::config::LogConfig;
+
+/// A batch of the log together with its Raft index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftBatch {
+    pub raft_index: u64,
+    pub segment_base: i64,
+    pub loc: BatchLoc,
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    /// Batches of the active (last) segment with their Raft indexes, in order.
+    active: Vec<RaftBatch>,
+    /// Leader epoch (Raft term) -> first offset written in it, for OffsetForLeaderEpoch.
+    epochs: BTreeMap<i32, i64>,
+}
+
+/// What `read` found for a fetch.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub bytes: Bytes,
+    pub first_offset: i64,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, truncating any torn tail of the last segment.
+    pub fn open(dir: &Path, config: LogConfig, others: &BTreeSet<u64>) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut names: Vec<(i64, u64)> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment::parse_log_file_name(&e.file_name().to_string_lossy()))
+            .collect();
+        names.sort_unstable();
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            config,
+            segments: BTreeMap::new(),
+            active: Vec::new(),
+            epochs: BTreeMap::new(),
+        };
+        let count = names.len();
+        for (i, (base, first_raft)) in names.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let (seg, batches) = Segment::open(dir, base, first_raft, config.index_interval_bytes, last)?;
+            for b in &batches {
+                log.note_epoch(b.span.leader_epoch, b.span.base_offset);
+            }
+            if last {
+                log.active = assign_raft_indexes(first_raft, base, &batches, others);
+            }
+            log.segments.insert(base, seg);
+        }
+        log.drop_empty_tail(others)?;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a stamped batch as Raft entry `raft_index`. Returns the file that now holds
+    /// unsynced data.
+    pub fn append(
+        &mut self,
+        raft_index: u64,
+        data: &[u8],
+        span: BatchSpan,
+        max_timestamp: i64,
+        now_ms: i64,
+    ) -> io::Result<Arc<File>> {
+        self.note_epoch(span.leader_epoch, span.base_offset);
+        if self.should_roll(data.len() as u64, now_ms) {
+            self.roll(span.base_offset, raft_index, now_ms)?;
+        }
+        let interval = self.config.index_interval_bytes;
+        let (&base, seg) = self
+            .segments
+            .iter_mut()
+            .next_back()
+            .ok_or_else(|| io::Error::other("no active segment after roll"))?;
+        let loc = seg.append(data, span, max_timestamp, interval)?;
+        self.active.push(RaftBatch {
+            raft_index,
+            segment_base: base,
+            loc,
+        });
+        Ok(seg.log_file())
+    }
+
+    fn should_roll(&self, incoming: u64, now_ms: i64) -> bool {
+        match self.segments.values().next_back() {
+            None => true,
+            Some(seg) => {
+                seg.size() > 0
+                    && (seg.size() + incoming > self.config.segment_bytes
+                        || now_ms.saturating_sub(seg.created_ms) >= self.config.segment_ms as i64)
+            }
+        }
+    }
+
+    fn roll(&mut self, base_offset: i64, first_raft_index: u64, now_ms: i64) -> io::Result<()> {
+        if let Some(old) = self.segments.values().next_back() {
+            // Rolls are rare; syncing the finished segment here keeps the flusher single-file.
+            old.log_file().sync_data()?;
+            old.sync_indexes()?;
+        }
+        let seg = Segment::create(&self.dir, base_offset, first_raft_index, now_ms)?;
+        tracing::debug!(dir = %self.dir.display(), base_offset, "rolled new segment");
+        self.segments.insert(base_offset, seg);
+        self.active.clear();
+        Ok(())
+    }
+
+    /// The file holding the newest data (what a flush must sync).
+    pub fn active_file(&self) -> Option<Arc<File>> {
+        self.segments.values().next_back().map(Segment::log_file)
+    }
+
+    /// Offset after the last batch, or `None` for an empty log.
+    pub fn end_offset(&self) -> Option<i64> {
+        self.segments
+            .values()
+            .rev()
+            .find(|s| s.size() > 0)
+            .map(|s| s.last_offset + 1)
+    }
+
+    /// Base offset of the oldest batch, or `None` for an empty log.
+    pub fn start_offset(&self) -> Option<i64> {
+        self.segments.values().find(|s| s.size() > 0).map(|s| s.base_offset)
+    }
+
+    /// Largest max-timestamp in the log and the base offset of a batch holding it.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let seg = self.segments.values().max_by_key(|s| s.max_timestamp)?;
+        if seg.max_timestamp < 0 {
+            return None;
+        }
+        let loc = seg.find_by_time(seg.max_timestamp).ok()??;
+        Some((seg.max_timestamp, loc.span.base_offset))
+    }
+
+    /// Last batch of the log with its Raft index.
+    pub fn last_batch(&self) -> Option<RaftBatch> {
+        self.active.last().copied()
+    }
+
+    /// Reads whole batches starting with the one holding `offset` (or the next one after a gap),
+    /// stopping before `limit_offset` (the high watermark) and after `max_bytes`, but always
+    /// returning a whole first batch (KIP-74).
+    pub fn read(&self, offset: i64, max_bytes: u64, limit_offset: i64) -> io::Result<Option<ReadResult>> {
+        let Some((seg, first)) = self.locate_offset(offset)? else {
+            return Ok(None);
+        };
+        if first.span.base_offset >= limit_offset {
+            return Ok(None);
+        }
+        let start = first.position as u64;
+        let mut end = start + first.span.total_len as u64;
+        while end < seg.size() {
+            let span = seg.span_at(end)?;
+            if span.base_offset >= limit_offset || end + span.total_len as u64 - start > max_bytes {
+                break;
+            }
+            end += span.total_len as u64;
+        }
+        Ok(Some(ReadResult {
+            bytes: seg.read(start, end - start)?,
+            first_offset: first.span.base_offset,
+        }))
+    }
+
+    /// The segment and batch holding `offset`, or the first batch after it.
+    fn locate_offset(&self, offset: i64) -> io::Result<Option<(&Segment, BatchLoc)>> {
+        let from = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(i64::MIN, |(base, _)| *base);
+        for seg in self.segments.range(from..).map(|(_, s)| s) {
+            if let Some(loc) = seg.find(offset)? {
+                return Ok(Some((seg, loc)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// First batch with a max timestamp >= `timestamp`, read whole.
+    pub fn read_batch_by_time(&self, timestamp: i64) -> io::Result<Option<Bytes>> {
+        for seg in self.segments.values() {
+            if let Some(loc) = seg.find_by_time(timestamp)? {
+                return seg.read(loc.position as u64, loc.span.total_len as u64).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The batch stored as Raft entry `raft_index`, if it is a batch of this log.
+    pub fn batch_by_raft_index(&self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<Option<(RaftBatch, Bytes)>> {
+        let Some(found) = self.locate_raft_index(raft_index, others)? else {
+            return Ok(None);
+        };
+        let seg = self
+            .segments
+            .get(&found.segment_base)
+            .ok_or_else(|| io::Error::other("segment vanished"))?;
+        let bytes = seg.read(found.loc.position as u64, found.loc.span.total_len as u64)?;
+        Ok(Some((found, bytes)))
+    }
+
+    fn locate_raft_index(&self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<Option<RaftBatch>> {
+        if let Some(first) = self.active.first() {
+            if raft_index >= first.raft_index {
+                return Ok(self
+                    .active
+                    .binary_search_by_key(&raft_index, |b| b.raft_index)
+                    .ok()
+                    .map(|i| self.active[i]));
+            }
+        }
+        let Some(seg) = self.segments.values().rev().find(|s| s.first_raft_index <= raft_index) else {
+            return Ok(None);
+        };
+        let batches = self.segment_batches(seg, others)?;
+        Ok(batches.into_iter().find(|b| b.raft_index == raft_index))
+    }
+
+    fn segment_batches(&self, seg: &Segment, others: &BTreeSet<u64>) -> io::Result<Vec<RaftBatch>> {
+        let mut locs = Vec::new();
+        let mut pos = 0u64;
+        while pos < seg.size() {
+            let span = seg.span_at(pos)?;
+            locs.push(BatchLoc {
+                position: pos as u32,
+                span,
+            });
+            pos += span.total_len as u64;
+        }
+        Ok(assign_raft_indexes(seg.first_raft_index, seg.base_offset, &locs, others))
+    }
+
+    /// Removes every batch whose Raft index is >= `raft_index` (Raft log truncation).
+    pub fn truncate_from_raft_index(&mut self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<()> {
+        let doomed: Vec<i64> = self
+            .segments
+            .values()
+            .filter(|s| s.first_raft_index >= raft_index)
+            .map(|s| s.base_offset)
+            .collect();
+        for base in doomed {
+            if let Some(seg) = self.segments.remove(&base) {
+                seg.remove_files()?;
+            }
+        }
+        let interval = self.config.index_interval_bytes;
+        if let Some(seg) = self.segments.values().next_back() {
+            let batches = self.segment_batches(seg, others)?;
+            if let Some(cut) = batches.iter().find(|b| b.raft_index >= raft_index) {
+                let position = cut.loc.position as u64;
+                if let Some(seg) = self.segments.values_mut().next_back() {
+                    seg.truncate_to(position, interval)?;
+                }
+            }
+        }
+        self.drop_empty_tail(others)?;
+        let end = self.end_offset().unwrap_or(i64::MIN);
+        self.epochs.retain(|_, start| *start < end);
+        Ok(())
+    }
+
+    /// An empty last segment (a crash right after a roll, or a truncation) would claim a base
+    /// offset that the next batch may not have: remove it.
+    fn drop_empty_tail(&mut self, others: &BTreeSet<u64>) -> io::Result<()> {
+        if let Some((&base, seg)) = self.segments.iter().next_back() {
+            if seg.size() == 0 {
+                seg.remove_files()?;
+                self.segments.remove(&base);
+            }
+        }
+        self.reload_active(others)
+    }
+
+    fn reload_active(&mut self, others: &BTreeSet<u64>) -> io::Result<()> {
+        self.active = match self.segments.values().next_back() {
+            Some(seg) => self.segment_batches(seg, others)?,
+            None => Vec::new(),
+        };
+        Ok(())
+    }
+
+    fn note_epoch(&mut self, epoch: i32, start_offset: i64) {
+        if self.epochs.keys().next_back().is_none_or(|last| epoch > *last) {
+            self.epochs.insert(epoch, start_offset);
+        }
+    }
+
+    /// Kafka's OffsetForLeaderEpoch: the largest epoch <= `epoch` present in the log and the
+    /// offset where the epoch after it starts (or the log end). None when no such epoch exists.
+    pub fn end_of_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let (&found, _) = self.epochs.range(..=epoch).next_back()?;
+        let end = match self.epochs.range(found + 1..).next() {
+            Some((_, start)) => *start,
+            None => self.end_offset()?,
+        };
+        Some((found, end))
+    }
+
+    /// Total bytes on disk (for metrics and DescribeLogDirs later).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
+fn assign_raft_indexes(first: u64, segment_base: i64, batches: &[BatchLoc], others: &BTreeSet<u64>) -> Vec<RaftBatch> {
+    let mut next = first;
+    batches
+        .iter()
+        .map(|loc| {
+            while others.contains(&next) {
+                next += 1;
+            }
+            let b = RaftBatch {
+                raft_index: next,
+                segment_base,
+                loc: *loc,
+            };
+            next += 1;
+            b
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::{self, tests::make_batch};
+
+    fn cfg(segment_bytes: u64) -> LogConfig {
+        LogConfig {
+            segment_bytes,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        }
+    }
+
+    fn put(log: &mut PartitionLog, raft: u64, base: i64, count: i32) {
+        let mut b = make_batch(0, count, base);
+        batch::stamp(&mut b, base, 1);
+        let h = batch::parse_and_verify(&b).expect("valid");
+        log.append(raft, &b, h.span, h.max_timestamp, 0).expect("append");
+    }
+
+    #[test]
+    fn reads_across_gaps_and_segments_and_respects_limits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = PartitionLog::open(dir.path(), cfg(200), &others).expect("open");
+        let bases = [0i64, 3, 7, 100, 250, 251];
+        for (i, base) in bases.iter().enumerate() {
+            put(&mut log, i as u64 + 1, *base, 1);
+        }
+        assert!(log.segment_count() > 1, "small segment-bytes must roll");
+        assert_eq!(log.end_offset(), Some(252));
+        assert_eq!(log.start_offset(), Some(0));
+        // Offset in a gap returns the next batch.
+        let r = log.read(4, 1 << 20, i64::MAX).expect("io").expect("found");
+        assert_eq!(r.first_offset, 7);
+        // The high watermark hides later batches.
+        assert!(log.read(250, 1 << 20, 250).expect("io").is_none());
+        // max_bytes smaller than one batch still yields that batch.
+        let r = log.read(0, 1, i64::MAX).expect("io").expect("found");
+        assert_eq!(batch::read_span(&r.bytes).expect("span").base_offset, 0);
+        assert_eq!(r.bytes.len(), batch::read_span(&r.bytes).expect("span").total_len);
+    }
+
+    #[test]
+    fn raft_indexes_skip_non_batch_entries_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others: BTreeSet<u64> = [1u64, 4].into_iter().collect();
+        let mut log = PartitionLog::open(dir.path(), cfg(1 << 20), &others).expect("open");
+        put(&mut log, 2, 10, 1);
+        put(&mut log, 3, 11, 1);
+        put(&mut log, 5, 20, 1);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(1 << 20), &others).expect("reopen");
+        assert_eq!(log.last_batch().map(|b| b.raft_index), Some(5));
+        let (found, _) = log.batch_by_raft_index(3, &others).expect("io").expect("present");
+        assert_eq!(found.loc.span.base_offset, 11);
+        assert!(log.batch_by_raft_index(4, &others).expect("io").is_none());
+    }
+
+    #[test]
+    fn truncation_by_raft_index_removes_the_tail() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = PartitionLog::open(dir.path(), cfg(200), &others).expect("open");
+        for i in 0..6u64 {
+            put(&mut log, i + 1, i as i64 * 10, 1);
+        }
+        log.truncate_from_raft_index(3, &others).expect("truncate");
+        assert_eq!(log.last_batch().map(|b| b.raft_index), Some(2));
+        assert_eq!(log.end_offset(), Some(11));
+        put(&mut log, 3, 15, 1);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(200), &others).expect("reopen");
+        assert_eq!(log.end_offset(), Some(16));
+    }
+}

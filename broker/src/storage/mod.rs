@@ -1,0 +1,6 @@
+//! Partition storage: record batches in segment files, small keyed state in RocksDB.
+
+pub mod batch;
+pub mod log;
+pub mod meta;
+pub mod segment;

@@ -1,0 +1,1 @@
+//! Placeholder crate: built out by its own issue (see ARCHITECTURE.md).

@@ -1,0 +1,435 @@
+"""A tiny hand-rolled Kafka wire client for sending exactly the bytes a test
+wants (well-formed or not) and reading the answer with a deadline."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import NamedTuple, Optional
+
+API_PRODUCE = 0
+API_FETCH = 1
+API_LIST_OFFSETS = 2
+API_METADATA = 3
+API_OFFSET_FOR_LEADER_EPOCH = 23
+API_API_VERSIONS = 18
+API_CREATE_TOPICS = 19
+API_DELETE_TOPICS = 20
+API_DESCRIBE_CONFIGS = 32
+API_CREATE_PARTITIONS = 37
+API_DESCRIBE_CLUSTER = 60
+
+UNSUPPORTED_VERSION = 35
+
+
+class Hang(AssertionError):
+    """The broker neither answered nor closed the connection in time."""
+
+
+def i16(v: int) -> bytes:
+    return struct.pack(">h", v)
+
+
+def i32(v: int) -> bytes:
+    return struct.pack(">i", v)
+
+
+def u32(v: int) -> bytes:
+    return struct.pack(">I", v)
+
+
+def uvarint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def nullable_string(s: Optional[str]) -> bytes:
+    if s is None:
+        return i16(-1)
+    b = s.encode()
+    return i16(len(b)) + b
+
+
+def compact_string(s: str) -> bytes:
+    b = s.encode()
+    return uvarint(len(b) + 1) + b
+
+
+def header_v1(api_key: int, api_version: int, correlation_id: int,
+              client_id: Optional[str] = "gsn-tests") -> bytes:
+    return i16(api_key) + i16(api_version) + i32(correlation_id) + nullable_string(client_id)
+
+
+def header_v2(api_key: int, api_version: int, correlation_id: int,
+              client_id: Optional[str] = "gsn-tests") -> bytes:
+    return header_v1(api_key, api_version, correlation_id, client_id) + uvarint(0)
+
+
+def frame(payload: bytes) -> bytes:
+    return i32(len(payload)) + payload
+
+
+def api_versions_v0(correlation_id: int) -> bytes:
+    return frame(header_v1(API_API_VERSIONS, 0, correlation_id))
+
+
+def api_versions_flexible(version: int, correlation_id: int) -> bytes:
+    body = compact_string("gsn-tests") + compact_string("0.1") + uvarint(0)
+    return frame(header_v2(API_API_VERSIONS, version, correlation_id) + body)
+
+
+class Conn:
+    def __init__(self, port: int, timeout: float = 5.0, host: str = "127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes) -> bool:
+        """False if the broker already closed the connection."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            return False
+        except socket.timeout:
+            raise Hang(f"send of {len(data)} bytes blocked for {self.timeout}s")
+
+    def _recv_exact(self, n: int) -> Optional[bytes]:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            except socket.timeout:
+                raise Hang(f"no answer and no close within {self.timeout}s "
+                           f"(had {len(buf)} of {n} bytes)")
+            except (ConnectionResetError, ConnectionAbortedError):
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self, max_size: int = 64 << 20) -> Optional[bytes]:
+        """The next response frame's payload, or None if the broker closed
+        the connection. Raises Hang after the timeout."""
+        head = self._recv_exact(4)
+        if head is None:
+            return None
+        (size,) = struct.unpack(">i", head)
+        assert 4 <= size <= max_size, f"response frame with absurd size {size}"
+        return self._recv_exact(size)
+
+    def wait_closed(self) -> None:
+        """Read (and discard) until the broker closes the connection."""
+        while self.recv_frame() is not None:
+            pass
+
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        assert self.pos + n <= len(self.data), (
+            f"response too short: wanted {n} bytes at {self.pos}, have {len(self.data)}")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def i16(self) -> int:
+        return struct.unpack(">h", self.take(2))[0]
+
+    def i32(self) -> int:
+        return struct.unpack(">i", self.take(4))[0]
+
+    def uvarint(self) -> int:
+        shift = value = 0
+        while True:
+            b = self.take(1)[0]
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+            assert shift < 35, "uvarint too long"
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+def parse_api_versions_v0(payload: bytes) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """(correlation_id, error_code, {api_key: (min, max)}) from a v0 response."""
+    r = Reader(payload)
+    corr = r.i32()
+    err = r.i16()
+    n = r.i32()
+    assert 0 <= n <= 1000, f"api_keys count {n}"
+    ranges = {}
+    for _ in range(n):
+        key, lo, hi = r.i16(), r.i16(), r.i16()
+        ranges[key] = (lo, hi)
+    return corr, err, ranges
+
+
+def parse_api_versions_v3(payload: bytes) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """Response header is v0 even for flexible ApiVersions versions."""
+    r = Reader(payload)
+    corr = r.i32()
+    err = r.i16()
+    n = r.uvarint() - 1
+    assert 0 <= n <= 1000, f"api_keys count {n}"
+    ranges = {}
+    for _ in range(n):
+        key, lo, hi = r.i16(), r.i16(), r.i16()
+        tags = r.uvarint()
+        for _ in range(tags):
+            r.uvarint()
+            r.take(r.uvarint())
+        ranges[key] = (lo, hi)
+    r.i32()  # throttle_time_ms
+    return corr, err, ranges
+
+
+# --------------------------------------------------------------------------
+# Well-formed requests (used as seeds for mutation and as a baseline)
+# --------------------------------------------------------------------------
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def i8(v: int) -> bytes:
+    return struct.pack(">b", v)
+
+
+def i64(v: int) -> bytes:
+    return struct.pack(">q", v)
+
+
+def varint(v: int) -> bytes:
+    """Zigzag varint (record fields)."""
+    return uvarint((v << 1) ^ (v >> 63))
+
+
+def string(s: str) -> bytes:
+    b = s.encode()
+    return i16(len(b)) + b
+
+
+def array(items: list[bytes]) -> bytes:
+    return i32(len(items)) + b"".join(items)
+
+
+def compact_array(items: list[bytes]) -> bytes:
+    return uvarint(len(items) + 1) + b"".join(items)
+
+
+def encode_records(values: list[bytes], offset_deltas: Optional[list[int]] = None) -> bytes:
+    recs = b""
+    for i, v in enumerate(values):
+        delta = i if offset_deltas is None else offset_deltas[i]
+        body = i8(0) + varint(0) + varint(delta) + varint(-1) + varint(len(v)) + v + varint(0)
+        recs += varint(len(body)) + body
+    return recs
+
+
+def record_batch(values: list[bytes], timestamp_ms: int, codec: int = 0, *,
+                 count: Optional[int] = None, last_offset_delta: Optional[int] = None,
+                 offset_deltas: Optional[list[int]] = None, magic: int = 2,
+                 batch_length: Optional[int] = None, records: Optional[bytes] = None) -> bytes:
+    """A RecordBatch v2 holding `values` (no keys, no headers), with a valid
+    CRC-32C. codec: 0 none, 1 gzip. The keyword arguments override header
+    fields (or the encoded records) to build hostile but CRC-valid batches."""
+    recs = encode_records(values, offset_deltas) if records is None else records
+    if codec == 1:
+        import gzip
+        recs = gzip.compress(recs)
+    elif codec != 0:
+        raise ValueError(codec)
+    n = len(values) if count is None else count
+    lod = len(values) - 1 if last_offset_delta is None else last_offset_delta
+    after_crc = (i16(codec) + i32(lod) + i64(timestamp_ms) + i64(timestamp_ms)
+                 + i64(-1) + i16(-1) + i32(-1) + i32(n) + recs)
+    after_len = i32(-1) + i8(magic) + u32(crc32c(after_crc)) + after_crc
+    return i64(0) + i32(len(after_len) if batch_length is None else batch_length) + after_len
+
+
+def with_attributes(batch: bytes, attributes: int) -> bytes:
+    """The same batch with other attributes (e.g. a codec id) and a CRC that
+    matches again."""
+    rest = i16(attributes) + batch[23:]
+    return batch[:17] + u32(crc32c(rest)) + rest
+
+
+def with_bad_crc(batch: bytes) -> bytes:
+    return batch[:17] + u32(crc32c(batch[21:]) ^ 0xDEADBEEF) + batch[21:]
+
+
+class Batch(NamedTuple):
+    base_offset: int
+    last_offset_delta: int
+    count: int
+    magic: int
+    attributes: int
+    crc_ok: bool
+    record_offset_deltas: Optional[list[int]]  # None if compressed / unparsable
+    gzip_ok: Optional[bool] = None  # gzip batches: first 64 MiB decompress cleanly
+
+
+def parse_batches(data: bytes) -> list[Batch]:
+    """Record batches in a Fetch response's records field (a trailing partial
+    batch is ignored, as clients do)."""
+    out = []
+    pos = 0
+    while pos + 12 <= len(data):
+        base, length = struct.unpack(">qi", data[pos:pos + 12])
+        if length < 49 or pos + 12 + length > len(data):
+            break
+        b = data[pos + 12:pos + 12 + length]
+        magic = b[4]
+        (crc,) = struct.unpack(">I", b[5:9])
+        attributes, lod = struct.unpack(">hi", b[9:15])
+        (count,) = struct.unpack(">i", b[45:49])
+        deltas = None
+        if attributes & 0x7 == 0:
+            try:
+                r = Reader(b[49:])
+                deltas = []
+                for _ in range(count):
+                    rec_len = _zigzag(r.uvarint())
+                    rec = Reader(r.take(rec_len))
+                    rec.take(1)
+                    _zigzag(rec.uvarint())            # timestamp delta
+                    deltas.append(_zigzag(rec.uvarint()))
+            except AssertionError:
+                deltas = None
+        gzip_ok = None
+        if attributes & 0x7 == 1:
+            import zlib
+            try:
+                zlib.decompressobj(47).decompress(b[49:], 64 << 20)
+                gzip_ok = True
+            except zlib.error:
+                gzip_ok = False
+        out.append(Batch(base, lod, count, magic, attributes, crc32c(b[9:]) == crc, deltas, gzip_ok))
+        pos += 12 + length
+    return out
+
+
+def _zigzag(v: int) -> int:
+    return (v >> 1) ^ -(v & 1)
+
+
+def produce_v3(corr: int, topic: str, partition: int, batch: bytes, acks: int = -1) -> bytes:
+    body = (i16(-1) + i16(acks) + i32(10000)
+            + array([string(topic) + array([i32(partition) + i32(len(batch)) + batch])]))
+    return frame(header_v1(API_PRODUCE, 3, corr) + body)
+
+
+def produce_v9(corr: int, topic: str, partition: int, batch: bytes, acks: int = -1) -> bytes:
+    part = i32(partition) + uvarint(len(batch) + 1) + batch + uvarint(0)
+    body = (uvarint(0) + i16(acks) + i32(10000)
+            + compact_array([compact_string(topic) + compact_array([part]) + uvarint(0)]) + uvarint(0))
+    return frame(header_v2(API_PRODUCE, 9, corr) + body)
+
+
+def metadata_v4(corr: int, topics: Optional[list[str]], auto_create: bool = False) -> bytes:
+    t = i32(-1) if topics is None else array([string(x) for x in topics])
+    return frame(header_v1(API_METADATA, 4, corr) + t + i8(1 if auto_create else 0))
+
+
+def metadata_v9(corr: int, topics: Optional[list[str]], auto_create: bool = False) -> bytes:
+    t = uvarint(0) if topics is None else compact_array([compact_string(x) + uvarint(0) for x in topics])
+    return frame(header_v2(API_METADATA, 9, corr) + t + i8(1 if auto_create else 0)
+                 + i8(0) + i8(0) + uvarint(0))
+
+
+def fetch_v4(corr: int, topic: str, partition: int, offset: int) -> bytes:
+    body = (i32(-1) + i32(100) + i32(1) + i32(1 << 20) + i8(0)
+            + array([string(topic) + array([i32(partition) + i64(offset) + i32(1 << 20)])]))
+    return frame(header_v1(API_FETCH, 4, corr) + body)
+
+
+def list_offsets_v1(corr: int, topic: str, partition: int, timestamp: int) -> bytes:
+    body = i32(-1) + array([string(topic) + array([i32(partition) + i64(timestamp)])])
+    return frame(header_v1(API_LIST_OFFSETS, 1, corr) + body)
+
+
+def describe_configs_v1(corr: int, topic: str) -> bytes:
+    body = array([i8(2) + string(topic) + i32(-1)]) + i8(0)
+    return frame(header_v1(API_DESCRIBE_CONFIGS, 1, corr) + body)
+
+
+def create_topics_v2(corr: int, topic: str, partitions: int) -> bytes:
+    body = array([string(topic) + i32(partitions) + i16(1) + array([]) + array([])]) + i32(10000) + i8(0)
+    return frame(header_v1(API_CREATE_TOPICS, 2, corr) + body)
+
+
+def parse_produce_v3(payload: bytes) -> tuple[int, list[tuple[str, int, int, int]]]:
+    """(correlation_id, [(topic, partition, error_code, base_offset)])."""
+    r = Reader(payload)
+    corr = r.i32()
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            part, err = r.i32(), r.i16()
+            base = struct.unpack(">q", r.take(8))[0]
+            r.take(8)  # log_append_time_ms
+            out.append((name, part, err, base))
+    return corr, out
+
+
+def parse_fetch_v4(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, bytes]]]:
+    """(correlation_id, [(topic, partition, error_code, high_watermark, records)])."""
+    r = Reader(payload)
+    corr = r.i32()
+    r.i32()  # throttle_time_ms
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            part, err = r.i32(), r.i16()
+            hw = struct.unpack(">q", r.take(8))[0]
+            r.take(8)  # last_stable_offset
+            n_aborted = r.i32()
+            for _ in range(max(n_aborted, 0)):
+                r.take(16)
+            size = r.i32()
+            records = b"" if size < 0 else r.take(size)
+            out.append((name, part, err, hw, records))
+    return corr, out
