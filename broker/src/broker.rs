@@ -48,7 +48,9 @@ pub struct Topic {
 
 impl Topic {
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
     }
 }
 
@@ -69,7 +71,10 @@ pub struct Broker {
 
 impl Broker {
     /// Opens the data directory, recovers every partition and starts its Raft group.
-    pub async fn open(config: BrokerConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, BrokerError> {
+    pub async fn open(
+        config: BrokerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, BrokerError> {
         std::fs::create_dir_all(config.data_dir.join("topics"))?;
         let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta"))?);
         let cluster_id = meta.cluster_id()?;
@@ -79,7 +84,11 @@ impl Broker {
         // sequencer client whose numbers are only requested once they lead.
         let floor = scan_max_offset(&config, &records)?;
         let sequencer = LocalSequencer::open(Arc::clone(&meta), floor)?;
-        let client = SequencerClient::start(Arc::new(sequencer), config.sequencer_window, Arc::clone(&metrics));
+        let client = SequencerClient::start(
+            Arc::new(sequencer),
+            config.sequencer_window,
+            Arc::clone(&metrics),
+        );
         let inflight = (config.max_frame_bytes * 4).max(256 << 20);
         let broker = Arc::new(Self {
             inflight_bytes: Arc::new(Semaphore::new(inflight.min(Semaphore::MAX_PERMITS))),
@@ -102,7 +111,10 @@ impl Broker {
     fn env(&self, log_config: LogConfig) -> PartitionEnv<'_> {
         PartitionEnv {
             node_id: self.config.node_id,
-            advertised: format!("{}:{}", self.config.advertised_host, self.config.advertised_port),
+            advertised: format!(
+                "{}:{}",
+                self.config.advertised_host, self.config.advertised_port
+            ),
             data_dir: &self.config.data_dir,
             log_config,
             meta: Arc::clone(&self.meta),
@@ -140,11 +152,19 @@ impl Broker {
     }
 
     pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<Arc<Topic>> {
-        self.topics.read().ok()?.values().find(|t| &t.record.id == id).cloned()
+        self.topics
+            .read()
+            .ok()?
+            .values()
+            .find(|t| &t.record.id == id)
+            .cloned()
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().map(|t| t.values().cloned().collect()).unwrap_or_default()
+        self.topics
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn partition_count(&self) -> usize {
@@ -201,12 +221,15 @@ impl Broker {
         self.meta.put_topic(&record)?;
         self.insert_topic(topic);
         tracing::info!(topic = name, partitions, "created topic");
-        self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+        self.topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<[u8; 16], BrokerError> {
         let _admin = self.admin.lock().await;
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         self.meta.delete_topic(name)?;
         if let Ok(mut topics) = self.topics.write() {
             topics.remove(name);
@@ -224,8 +247,14 @@ impl Broker {
         Ok(topic.record.id)
     }
 
-    pub fn check_new_partition_count(&self, name: &str, count: i32) -> Result<Arc<Topic>, BrokerError> {
-        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+    pub fn check_new_partition_count(
+        &self,
+        name: &str,
+        count: i32,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.record.partitions;
         if count <= current {
             return Err(BrokerError::InvalidPartitions(format!(
@@ -269,7 +298,12 @@ impl Broker {
 /// Raft group name and directory of a partition; the topic id keeps a re-created topic of
 /// the same name from meeting the old one's leftovers.
 pub fn group_name(record: &TopicRecord, index: i32) -> String {
-    let id: String = record.id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let id: String = record
+        .id
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("topics/{}-{index}.{id}", record.name)
 }
 
@@ -290,7 +324,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     if name == "." || name == ".." {
         return invalid("'.' and '..' are not allowed");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return invalid("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -305,7 +342,8 @@ fn scan_max_offset(config: &BrokerConfig, records: &[TopicRecord]) -> Result<u64
             if !dir.exists() {
                 continue;
             }
-            let log = crate::storage::log::PartitionLog::open(&dir, config.log, &Default::default())?;
+            let log =
+                crate::storage::log::PartitionLog::open(&dir, config.log, &Default::default())?;
             max = max.max(log.end_offset().unwrap_or(0));
         }
     }

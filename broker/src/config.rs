@@ -68,7 +68,11 @@ struct FileConfig {
 
 /// Command line (and environment) of the `broker` binary.
 #[derive(Debug, Parser)]
-#[command(name = "broker", version, about = "Kafka-wire-compatible broker whose offsets are global sequence numbers")]
+#[command(
+    name = "broker",
+    version,
+    about = "Kafka-wire-compatible broker whose offsets are global sequence numbers"
+)]
 pub struct Args {
     /// TOML file with any of the options below (kebab-case keys).
     #[arg(long, env = "BROKER_CONFIG")]
@@ -183,15 +187,26 @@ impl BrokerConfig {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9092)));
         let defaults = LogConfig::default();
         let log = LogConfig {
-            segment_bytes: args.segment_bytes.or(file.segment_bytes).unwrap_or(defaults.segment_bytes),
-            segment_ms: args.segment_ms.or(file.segment_ms).unwrap_or(defaults.segment_ms),
+            segment_bytes: args
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(defaults.segment_bytes),
+            segment_ms: args
+                .segment_ms
+                .or(file.segment_ms)
+                .unwrap_or(defaults.segment_ms),
             index_interval_bytes: args
                 .index_interval_bytes
                 .or(file.index_interval_bytes)
                 .unwrap_or(defaults.index_interval_bytes),
-            flush_policy: args.flush_policy.or(file.flush_policy).unwrap_or(defaults.flush_policy),
+            flush_policy: args
+                .flush_policy
+                .or(file.flush_policy)
+                .unwrap_or(defaults.flush_policy),
             flush_interval: Duration::from_millis(
-                args.flush_interval_ms.or(file.flush_interval_ms).unwrap_or(1000),
+                args.flush_interval_ms
+                    .or(file.flush_interval_ms)
+                    .unwrap_or(1000),
             ),
         };
         let config = Self {
@@ -201,21 +216,41 @@ impl BrokerConfig {
                 .advertised_host
                 .or(file.advertised_host)
                 .unwrap_or_else(|| "localhost".to_string()),
-            advertised_port: args.advertised_port.or(file.advertised_port).unwrap_or(listen.port()),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data")),
+            advertised_port: args
+                .advertised_port
+                .or(file.advertised_port)
+                .unwrap_or(listen.port()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
             metrics_listen: args
                 .metrics_listen
                 .or(file.metrics_listen)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9100))),
             num_partitions: args.num_partitions.or(file.num_partitions).unwrap_or(1),
-            auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
             log,
-            max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(100 << 20),
-            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000),
+            max_frame_bytes: args
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(100 << 20),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
             sequencer_window: Duration::from_micros(
-                args.sequencer_window_us.or(file.sequencer_window_us).unwrap_or(0),
+                args.sequencer_window_us
+                    .or(file.sequencer_window_us)
+                    .unwrap_or(0),
             ),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
         };
         config.validate()?;
         Ok(config)
@@ -226,13 +261,20 @@ impl BrokerConfig {
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&self.num_partitions) {
             return invalid(
                 "num-partitions",
-                format!("{} is outside 1..={MAX_PARTITIONS_PER_TOPIC}", self.num_partitions),
+                format!(
+                    "{} is outside 1..={MAX_PARTITIONS_PER_TOPIC}",
+                    self.num_partitions
+                ),
             );
         }
         if self.log.segment_bytes < MIN_SEGMENT_BYTES || self.log.segment_bytes > u32::MAX as u64 {
             return invalid(
                 "segment-bytes",
-                format!("{} is outside {MIN_SEGMENT_BYTES}..={}", self.log.segment_bytes, u32::MAX),
+                format!(
+                    "{} is outside {MIN_SEGMENT_BYTES}..={}",
+                    self.log.segment_bytes,
+                    u32::MAX
+                ),
             );
         }
         if self.log.segment_ms == 0 {
@@ -257,7 +299,10 @@ impl BrokerConfig {
             return invalid("advertised-host", "must not be empty".into());
         }
         if self.node_id > i32::MAX as u64 {
-            return invalid("node-id", format!("{} does not fit a Kafka broker id (i32)", self.node_id));
+            return invalid(
+                "node-id",
+                format!("{} does not fit a Kafka broker id (i32)", self.node_id),
+            );
         }
         Ok(())
     }
@@ -310,7 +355,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "num-partitions = 4\nnode-id = 7\n").expect("write");
-        let c = parse(&["--config", path.to_str().expect("utf8"), "--num-partitions", "2"]).expect("valid");
+        let c = parse(&[
+            "--config",
+            path.to_str().expect("utf8"),
+            "--num-partitions",
+            "2",
+        ])
+        .expect("valid");
         assert_eq!(c.num_partitions, 2);
         assert_eq!(c.node_id, 7);
     }

@@ -17,7 +17,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("broker: cannot start the async runtime: {e}");
@@ -37,7 +40,9 @@ fn main() -> std::process::ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -49,9 +54,12 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let kafka = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", config.listen))?;
-    let metrics_listener = metrics::bind(config.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} (metrics-listen): {e}", config.metrics_listen))?;
+    let metrics_listener = metrics::bind(config.metrics_listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (metrics-listen): {e}",
+            config.metrics_listen
+        )
+    })?;
     tracing::info!(data_dir = %config.data_dir.display(), "opening data directory");
     let broker = Broker::open(config.clone(), Arc::clone(&metrics)).await?;
     tracing::info!(

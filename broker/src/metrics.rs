@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -36,18 +37,32 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
         };
-        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
+        let counter =
+            |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
         let m = Self {
             registry: Registry::new(),
-            bytes_in: counter_vec("kafka_bytes_in_total", "Record batch bytes produced", &["topic"]),
-            bytes_out: counter_vec("kafka_bytes_out_total", "Record batch bytes fetched", &["topic"]),
+            bytes_in: counter_vec(
+                "kafka_bytes_in_total",
+                "Record batch bytes produced",
+                &["topic"],
+            ),
+            bytes_out: counter_vec(
+                "kafka_bytes_out_total",
+                "Record batch bytes fetched",
+                &["topic"],
+            ),
             records_in: counter_vec("kafka_records_in_total", "Records produced", &["topic"]),
-            records_out: counter_vec("kafka_records_out_total", "Records fetched (whole batches)", &["topic"]),
+            records_out: counter_vec(
+                "kafka_records_out_total",
+                "Records fetched (whole batches)",
+                &["topic"],
+            ),
             request_seconds: HistogramVec::new(
-                HistogramOpts::new("kafka_request_duration_seconds", "Request latency by API").buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0, 30.0,
-                ]),
+                HistogramOpts::new("kafka_request_duration_seconds", "Request latency by API")
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
                 &["api"],
             )
             .expect("static metric definition"),
@@ -56,11 +71,24 @@ impl Metrics {
                 "Error codes returned, by API and Kafka error code",
                 &["api", "error"],
             ),
-            connections: IntGauge::new("kafka_connections", "Open client connections").expect("static metric definition"),
-            rejected_frames: counter("kafka_rejected_frames_total", "Frames rejected as malformed or oversized"),
-            sequencer_requests: counter("gsn_sequencer_requests_total", "Requests sent to the sequencer"),
-            sequencer_tickets: counter("gsn_sequencer_tickets_total", "Partition tickets merged into those requests"),
-            sequencer_numbers: counter("gsn_sequencer_numbers_total", "Global sequence numbers reserved"),
+            connections: IntGauge::new("kafka_connections", "Open client connections")
+                .expect("static metric definition"),
+            rejected_frames: counter(
+                "kafka_rejected_frames_total",
+                "Frames rejected as malformed or oversized",
+            ),
+            sequencer_requests: counter(
+                "gsn_sequencer_requests_total",
+                "Requests sent to the sequencer",
+            ),
+            sequencer_tickets: counter(
+                "gsn_sequencer_tickets_total",
+                "Partition tickets merged into those requests",
+            ),
+            sequencer_numbers: counter(
+                "gsn_sequencer_numbers_total",
+                "Global sequence numbers reserved",
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),

@@ -89,18 +89,34 @@ pub struct PartitionEnv<'a> {
 impl Partition {
     /// Opens (creating if new) partition `index` of a topic, stored under `dir_name`, and
     /// starts its Raft group.
-    pub async fn open(env: &PartitionEnv<'_>, topic: &str, index: i32, group: &str) -> Result<Arc<Self>, PartitionError> {
+    pub async fn open(
+        env: &PartitionEnv<'_>,
+        topic: &str,
+        index: i32,
+        group: &str,
+    ) -> Result<Arc<Self>, PartitionError> {
         let dir = env.data_dir.join(group);
         let storage = |e: openraft::StorageError<u64>| PartitionError::Storage(e.to_string());
-        let log_store = LogStore::open(group, env.node_id, &dir, env.log_config, Arc::clone(&env.meta)).map_err(storage)?;
+        let log_store = LogStore::open(
+            group,
+            env.node_id,
+            &dir,
+            env.log_config,
+            Arc::clone(&env.meta),
+        )
+        .map_err(storage)?;
         let shared = log_store.shared();
         let (sm, high_watermark) =
-            StateMachineStore::open(group, Arc::clone(&env.meta), Arc::clone(&env.data_arrived)).map_err(storage)?;
+            StateMachineStore::open(group, Arc::clone(&env.meta), Arc::clone(&env.data_arrived))
+                .map_err(storage)?;
         let config = partition_raft_config().map_err(|e| PartitionError::Raft(e.to_string()))?;
         let raft = PartitionRaft::new(env.node_id, config, LocalOnlyNetwork, log_store, sm)
             .await
             .map_err(|e| PartitionError::Raft(e.to_string()))?;
-        let initialized = raft.is_initialized().await.map_err(|e| PartitionError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| PartitionError::Raft(e.to_string()))?;
         if !initialized {
             let members = BTreeMap::from([(env.node_id, BasicNode::new(&env.advertised))]);
             raft.initialize(members)
@@ -177,18 +193,30 @@ impl Partition {
     /// Whole committed batches from `offset` (see `PartitionLog::read`).
     pub fn read(&self, offset: i64, max_bytes: u64) -> std::io::Result<Option<ReadResult>> {
         let hw = self.high_watermark();
-        let shared = self.log.read().map_err(|_| std::io::Error::other("partition log lock poisoned"))?;
+        let shared = self
+            .log
+            .read()
+            .map_err(|_| std::io::Error::other("partition log lock poisoned"))?;
         shared.log.read(offset, max_bytes, hw)
     }
 
-    pub fn with_log<T>(&self, f: impl FnOnce(&crate::storage::log::PartitionLog) -> T) -> std::io::Result<T> {
-        let shared = self.log.read().map_err(|_| std::io::Error::other("partition log lock poisoned"))?;
+    pub fn with_log<T>(
+        &self,
+        f: impl FnOnce(&crate::storage::log::PartitionLog) -> T,
+    ) -> std::io::Result<T> {
+        let shared = self
+            .log
+            .read()
+            .map_err(|_| std::io::Error::other("partition log lock poisoned"))?;
         Ok(f(&shared.log))
     }
 
     /// Highest offset stored (for the sequencer floor at start).
     pub fn log_end_offset(&self) -> i64 {
-        self.with_log(|l| l.end_offset()).ok().flatten().unwrap_or(0)
+        self.with_log(|l| l.end_offset())
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     pub async fn shutdown(&self) {
@@ -198,7 +226,11 @@ impl Partition {
     }
 }
 
-async fn run_appender(mut rx: mpsc::Receiver<AppendRequest>, raft: PartitionRaft, sequencer: SequencerClient) {
+async fn run_appender(
+    mut rx: mpsc::Receiver<AppendRequest>,
+    raft: PartitionRaft,
+    sequencer: SequencerClient,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {

@@ -112,7 +112,11 @@ pub struct SequencerClient {
 impl SequencerClient {
     /// `window`: how long to gather tickets after the first arrives (0 = only what queued up
     /// while the previous request was in flight).
-    pub fn start(sequencer: Arc<dyn Sequencer>, window: Duration, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn start(
+        sequencer: Arc<dyn Sequencer>,
+        window: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(TICKET_QUEUE);
         tokio::spawn(run_batcher(sequencer, rx, window, Arc::clone(&metrics)));
         Self { tx, metrics }
@@ -126,8 +130,9 @@ impl SequencerClient {
             .await
             .map_err(|_| SequencerError::Unavailable("sequencer client stopped".into()))?;
         let _ = &self.metrics;
-        rx.await
-            .map_err(|_| SequencerError::Unavailable("sequencer client dropped the request".into()))?
+        rx.await.map_err(|_| {
+            SequencerError::Unavailable("sequencer client dropped the request".into())
+        })?
     }
 }
 
@@ -148,7 +153,9 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let total = tickets.iter().try_fold(0u64, |acc, t| acc.checked_add(t.count));
+        let total = tickets
+            .iter()
+            .try_fold(0u64, |acc, t| acc.checked_add(t.count));
         let result = match total {
             Some(total) => sequencer.reserve(total).await,
             None => Err(SequencerError::TooMany(u64::MAX)),
@@ -182,7 +189,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let meta = Arc::new(MetaStore::open(dir.path()).expect("open"));
         let seq = Arc::new(LocalSequencer::open(Arc::clone(&meta), 0).expect("seq"));
-        let client = SequencerClient::start(seq, Duration::ZERO, Arc::new(crate::metrics::Metrics::new()));
+        let client = SequencerClient::start(
+            seq,
+            Duration::ZERO,
+            Arc::new(crate::metrics::Metrics::new()),
+        );
         let mut handles = Vec::new();
         for i in 1..=50u64 {
             let c = client.clone();

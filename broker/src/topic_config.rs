@@ -49,7 +49,10 @@ fn check_segment_bytes(v: &str) -> Result<(), String> {
     }
 }
 fn check_cleanup_policy(v: &str) -> Result<(), String> {
-    let ok = v.split(',').map(str::trim).all(|p| p == "delete" || p == "compact");
+    let ok = v
+        .split(',')
+        .map(str::trim)
+        .all(|p| p == "delete" || p == "compact");
     if ok && !v.trim().is_empty() {
         Ok(())
     } else {
@@ -65,7 +68,9 @@ fn check_timestamp_type(v: &str) -> Result<(), String> {
 fn check_compression(v: &str) -> Result<(), String> {
     match v {
         "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
-        _ => Err(format!("'{v}' must be one of producer, uncompressed, gzip, snappy, lz4, zstd")),
+        _ => Err(format!(
+            "'{v}' must be one of producer, uncompressed, gzip, snappy, lz4, zstd"
+        )),
     }
 }
 fn check_bool(v: &str) -> Result<(), String> {
@@ -76,17 +81,72 @@ fn check_bool(v: &str) -> Result<(), String> {
 }
 
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
-    TopicConfigDef { name: "cleanup.policy", config_type: ConfigType::List, doc: "delete and/or compact old segments", check: check_cleanup_policy },
-    TopicConfigDef { name: "compression.type", config_type: ConfigType::String, doc: "compression of stored batches; producer keeps what the producer sent", check: check_compression },
-    TopicConfigDef { name: "delete.retention.ms", config_type: ConfigType::Long, doc: "how long tombstones are kept in compacted topics", check: check_long_min0 },
-    TopicConfigDef { name: "max.message.bytes", config_type: ConfigType::Int, doc: "largest record batch accepted", check: check_long_min0 },
-    TopicConfigDef { name: "message.timestamp.type", config_type: ConfigType::String, doc: "CreateTime or LogAppendTime", check: check_timestamp_type },
-    TopicConfigDef { name: "min.insync.replicas", config_type: ConfigType::Int, doc: "replicas that must acknowledge an acks=all write", check: check_long_min1 },
-    TopicConfigDef { name: "retention.bytes", config_type: ConfigType::Long, doc: "partition size above which old segments are deleted (-1: no limit)", check: check_long_min_neg1 },
-    TopicConfigDef { name: "retention.ms", config_type: ConfigType::Long, doc: "age above which old segments are deleted (-1: no limit)", check: check_long_min_neg1 },
-    TopicConfigDef { name: "segment.bytes", config_type: ConfigType::Int, doc: "segment file size at which a new segment is rolled", check: check_segment_bytes },
-    TopicConfigDef { name: "segment.ms", config_type: ConfigType::Long, doc: "segment age at which a new segment is rolled", check: check_long_min1 },
-    TopicConfigDef { name: "unclean.leader.election.enable", config_type: ConfigType::Boolean, doc: "never done: Raft elects only up-to-date replicas", check: check_bool },
+    TopicConfigDef {
+        name: "cleanup.policy",
+        config_type: ConfigType::List,
+        doc: "delete and/or compact old segments",
+        check: check_cleanup_policy,
+    },
+    TopicConfigDef {
+        name: "compression.type",
+        config_type: ConfigType::String,
+        doc: "compression of stored batches; producer keeps what the producer sent",
+        check: check_compression,
+    },
+    TopicConfigDef {
+        name: "delete.retention.ms",
+        config_type: ConfigType::Long,
+        doc: "how long tombstones are kept in compacted topics",
+        check: check_long_min0,
+    },
+    TopicConfigDef {
+        name: "max.message.bytes",
+        config_type: ConfigType::Int,
+        doc: "largest record batch accepted",
+        check: check_long_min0,
+    },
+    TopicConfigDef {
+        name: "message.timestamp.type",
+        config_type: ConfigType::String,
+        doc: "CreateTime or LogAppendTime",
+        check: check_timestamp_type,
+    },
+    TopicConfigDef {
+        name: "min.insync.replicas",
+        config_type: ConfigType::Int,
+        doc: "replicas that must acknowledge an acks=all write",
+        check: check_long_min1,
+    },
+    TopicConfigDef {
+        name: "retention.bytes",
+        config_type: ConfigType::Long,
+        doc: "partition size above which old segments are deleted (-1: no limit)",
+        check: check_long_min_neg1,
+    },
+    TopicConfigDef {
+        name: "retention.ms",
+        config_type: ConfigType::Long,
+        doc: "age above which old segments are deleted (-1: no limit)",
+        check: check_long_min_neg1,
+    },
+    TopicConfigDef {
+        name: "segment.bytes",
+        config_type: ConfigType::Int,
+        doc: "segment file size at which a new segment is rolled",
+        check: check_segment_bytes,
+    },
+    TopicConfigDef {
+        name: "segment.ms",
+        config_type: ConfigType::Long,
+        doc: "segment age at which a new segment is rolled",
+        check: check_long_min1,
+    },
+    TopicConfigDef {
+        name: "unclean.leader.election.enable",
+        config_type: ConfigType::Boolean,
+        doc: "never done: Raft elects only up-to-date replicas",
+        check: check_bool,
+    },
 ];
 
 /// Kafka's defaults, with the log settings this broker was started with.

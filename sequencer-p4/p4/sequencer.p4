@@ -344,6 +344,13 @@ control SeqIngress(inout headers_t hdr, inout meta_t meta, inout standard_metada
     bit<32> epoch;
     bit<32> seal_floor;
     bit<1>  sealed;
+    bit<1>  dropped = 0;
+
+    /* Dropping is final: the routing at the end of apply must not revive the packet. */
+    action drop_packet() {
+        mark_to_drop(std);
+        dropped = 1;
+    }
 
     /* Static configuration (set by the switch's own start-up config, not protocol state). */
     action set_boot_config(bit<16> switch_id, bit<32> self_ip, bit<32> ctrl_ip, bit<16> ctrl_port,
@@ -605,10 +612,10 @@ control SeqIngress(inout headers_t hdr, inout meta_t meta, inout standard_metada
                     seq_counters.count(7);
                     to_controller(ALARM_TOKEN_DROPPED, hdr.token.epoch, hdr.token.seq, hdr.token.next_base);
                 } else {
-                    mark_to_drop(std);
+                    drop_packet();
                 }
             } else if (sealed == 1 || hdr.token.seq <= last_seq) {
-                mark_to_drop(std);   // sealed, or a duplicate / stale copy
+                drop_packet();   // sealed, or a duplicate / stale copy
             } else {
                 accept = 1;
             }
@@ -708,7 +715,7 @@ control SeqIngress(inout headers_t hdr, inout meta_t meta, inout standard_metada
             ipv4_route.apply();
             return;
         }
-        if (std.mcast_grp == 0) {
+        if (dropped == 0 && std.mcast_grp == 0) {
             ipv4_route.apply();
         }
     }

@@ -17,8 +17,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::wire::{
-    install_flags, status_flags, Alarm, AlarmKind, Announce, Grant, Inject, Install, Message, Reject,
-    RejectReason, Request, Seal, Status, Ticket, Token,
+    install_flags, status_flags, Alarm, AlarmKind, Announce, Grant, Inject, Install, Message,
+    Reject, RejectReason, Request, Seal, Status, Ticket, Token,
 };
 
 /// Entries of the idempotence table (request dedup), indexed by `(client ^ req_id) % DEDUP_SLOTS`.
@@ -327,7 +327,11 @@ impl Pipeline {
     /// `next_base` (O(1) however many), announce them, forward the token.
     fn visit(&mut self, mut t: Token, out: &mut Outputs) {
         let batch = self.local_next - self.local_prev;
-        let Some(next_base) = t.next_base.checked_add(batch).filter(|end| *end <= self.limit) else {
+        let Some(next_base) = t
+            .next_base
+            .checked_add(batch)
+            .filter(|end| *end <= self.limit)
+        else {
             // The epoch is used up: stop issuing here and let the controller move on.
             self.seal_floor = self.epoch;
             self.alarm(AlarmKind::Exhausted, t.epoch, t.seq, t.next_base, out);
@@ -353,7 +357,12 @@ impl Pipeline {
 
     fn announce(&mut self, base: u64, out: &mut Outputs) {
         self.visits += 1;
-        let ann = AnnEntry { epoch: self.epoch, visit: self.visits, local_lo: self.local_prev, base };
+        let ann = AnnEntry {
+            epoch: self.epoch,
+            visit: self.visits,
+            local_lo: self.local_prev,
+            base,
+        };
         self.ann[ann_index(self.visits)] = ann;
         let msg = Message::Announce(Announce {
             epoch: self.epoch,
@@ -379,7 +388,13 @@ impl Pipeline {
         if self.controller.port() == 0 {
             return;
         }
-        let alarm = Alarm { switch_id: self.cfg.switch_id, kind: kind as u8, epoch, seq, base };
+        let alarm = Alarm {
+            switch_id: self.cfg.switch_id,
+            kind: kind as u8,
+            epoch,
+            seq,
+            base,
+        };
         out.push((self.controller, Message::Alarm(alarm)));
     }
 
@@ -395,7 +410,11 @@ impl Pipeline {
     /// epoch; a repeat of the installed epoch changes nothing. Always answers with the
     /// registers so the controller sees what happened (and the boot id, if it was wrong).
     fn on_install(&mut self, src: SocketAddrV4, i: &Install) -> Message {
-        let successor = if i.succ_port != 0 { Some(i.successor()) } else { self.cfg.default_successor };
+        let successor = if i.succ_port != 0 {
+            Some(i.successor())
+        } else {
+            self.cfg.default_successor
+        };
         let acceptable = i.boot == self.cfg.boot
             && i.switch_id == self.cfg.switch_id
             && i.epoch > self.seal_floor
@@ -432,7 +451,11 @@ impl Pipeline {
     /// with a Status). A real injection is acknowledged by the first visit's Progress.
     fn on_inject(&mut self, src: SocketAddrV4, j: &Inject, out: &mut Outputs) {
         if self.is_live() && self.head && j.epoch == self.epoch && self.last_seq == 0 {
-            let token = Token { epoch: self.epoch, seq: 1, next_base: self.base };
+            let token = Token {
+                epoch: self.epoch,
+                seq: 1,
+                next_base: self.base,
+            };
             self.visit(token, out);
         } else {
             out.push((src, Message::Status(self.status())));
@@ -470,7 +493,12 @@ mod tests {
     const BROKER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9000);
 
     fn switch(boot: u64) -> Pipeline {
-        Pipeline::new(Config { switch_id: 1, boot, controller: Some(CTRL), default_successor: None })
+        Pipeline::new(Config {
+            switch_id: 1,
+            boot,
+            controller: Some(CTRL),
+            default_successor: None,
+        })
     }
 
     fn install_msg(epoch: u32, boot: u64, head: bool) -> Message {
@@ -499,7 +527,12 @@ mod tests {
     }
 
     fn request(epoch: u32, req_id: u64, count: u32) -> Message {
-        Message::Request(Request { epoch, count, client: 77, req_id })
+        Message::Request(Request {
+            epoch,
+            count,
+            client: 77,
+            req_id,
+        })
     }
 
     fn only(out: Outputs) -> Message {
@@ -510,8 +543,17 @@ mod tests {
     #[test]
     fn fresh_switch_issues_nothing() {
         let mut s = switch(5);
-        assert!(matches!(only(s.process(BROKER, &request(1, 1, 3))), Message::Reject(r) if r.reason == RejectReason::NotInstalled as u8));
-        let out = s.process(NEXT, &Message::Token(Token { epoch: 1, seq: 9, next_base: 0 }));
+        assert!(
+            matches!(only(s.process(BROKER, &request(1, 1, 3))), Message::Reject(r) if r.reason == RejectReason::NotInstalled as u8)
+        );
+        let out = s.process(
+            NEXT,
+            &Message::Token(Token {
+                epoch: 1,
+                seq: 9,
+                next_base: 0,
+            }),
+        );
         assert!(matches!(only(out), Message::Alarm(a) if a.kind == AlarmKind::TokenDropped as u8));
         let st = status_of(&s.process(CTRL, &Message::Probe(Probe {})));
         assert_eq!((st.epoch, st.flags, st.boot), (0, 0, 5));
@@ -520,10 +562,19 @@ mod tests {
     #[test]
     fn install_for_another_boot_or_a_sealed_epoch_is_refused() {
         let mut s = switch(5);
-        assert_eq!(status_of(&s.process(CTRL, &install_msg(3, 4, true))).epoch, 0);
+        assert_eq!(
+            status_of(&s.process(CTRL, &install_msg(3, 4, true))).epoch,
+            0
+        );
         s.process(CTRL, &Message::Seal(Seal { epoch: 3 }));
-        assert_eq!(status_of(&s.process(CTRL, &install_msg(3, 5, true))).epoch, 0);
-        assert_eq!(status_of(&s.process(CTRL, &install_msg(4, 5, true))).epoch, 4);
+        assert_eq!(
+            status_of(&s.process(CTRL, &install_msg(3, 5, true))).epoch,
+            0
+        );
+        assert_eq!(
+            status_of(&s.process(CTRL, &install_msg(4, 5, true))).epoch,
+            4
+        );
     }
 
     #[test]
@@ -539,45 +590,90 @@ mod tests {
             Message::Announce(x) if *a == BROKER => Some(*x),
             _ => None,
         });
-        assert_eq!(ann.map(|a| (a.local_lo, a.local_hi, a.base)), Some((0, 7, 1000)));
-        let tok = out.iter().find(|(a, m)| *a == NEXT && matches!(m, Message::Token(_)));
+        assert_eq!(
+            ann.map(|a| (a.local_lo, a.local_hi, a.base)),
+            Some((0, 7, 1000))
+        );
+        let tok = out
+            .iter()
+            .find(|(a, m)| *a == NEXT && matches!(m, Message::Token(_)));
         assert!(matches!(tok, Some((_, Message::Token(t))) if t.next_base == 1007 && t.seq == 2));
         // The retransmitted second request is answered from the announcement register.
-        assert!(matches!(only(s.process(BROKER, &request(1, 2, 4))), Message::Grant(g) if g.gsn == 1003));
+        assert!(
+            matches!(only(s.process(BROKER, &request(1, 2, 4))), Message::Grant(g) if g.gsn == 1003)
+        );
         // A second injection, or a stale copy of the token, does nothing.
         let again = s.process(CTRL, &Message::Inject(Inject { epoch: 1 }));
         assert_eq!(again.len(), 1);
-        assert!(s.process(NEXT, &Message::Token(Token { epoch: 1, seq: 1, next_base: 0 })).is_empty());
+        assert!(s
+            .process(
+                NEXT,
+                &Message::Token(Token {
+                    epoch: 1,
+                    seq: 1,
+                    next_base: 0
+                })
+            )
+            .is_empty());
     }
 
     #[test]
     fn batch_per_visit_is_bounded_and_exhaustion_seals() {
         let mut s = switch(5);
         s.process(CTRL, &install_msg(1, 5, true));
-        assert!(matches!(only(s.process(BROKER, &request(1, 1, 100))), Message::Ticket(_)));
-        assert!(matches!(only(s.process(BROKER, &request(1, 2, 1))), Message::Reject(r) if r.reason == RejectReason::Busy as u8));
-        let out = s.process(NEXT, &Message::Token(Token { epoch: 1, seq: 5, next_base: 999_950 }));
+        assert!(matches!(
+            only(s.process(BROKER, &request(1, 1, 100))),
+            Message::Ticket(_)
+        ));
+        assert!(
+            matches!(only(s.process(BROKER, &request(1, 2, 1))), Message::Reject(r) if r.reason == RejectReason::Busy as u8)
+        );
+        let out = s.process(
+            NEXT,
+            &Message::Token(Token {
+                epoch: 1,
+                seq: 5,
+                next_base: 999_950,
+            }),
+        );
         assert!(matches!(only(out), Message::Alarm(a) if a.kind == AlarmKind::Exhausted as u8));
         assert!(!s.is_live());
-        assert!(matches!(only(s.process(BROKER, &request(1, 3, 1))), Message::Reject(r) if r.reason == RejectReason::Sealed as u8));
+        assert!(
+            matches!(only(s.process(BROKER, &request(1, 3, 1))), Message::Reject(r) if r.reason == RejectReason::Sealed as u8)
+        );
     }
 
     #[test]
     fn retransmission_after_the_announcement_left_memory_is_expired() {
         let mut s = switch(5);
         s.process(CTRL, &install_msg(1, 5, true));
-        assert!(matches!(only(s.process(BROKER, &request(1, 1, 1))), Message::Ticket(_)));
+        assert!(matches!(
+            only(s.process(BROKER, &request(1, 1, 1))),
+            Message::Ticket(_)
+        ));
         s.process(CTRL, &Message::Inject(Inject { epoch: 1 }));
         // ANN_SLOTS more non-empty visits overwrite the announcement of visit 1.
         for v in 0..ANN_SLOTS as u64 {
             s.process(BROKER, &request(1, 1000 + v, 1));
-            s.process(NEXT, &Message::Token(Token { epoch: 1, seq: 2 + v, next_base: 5000 + v }));
+            s.process(
+                NEXT,
+                &Message::Token(Token {
+                    epoch: 1,
+                    seq: 2 + v,
+                    next_base: 5000 + v,
+                }),
+            );
         }
         let again = only(s.process(BROKER, &request(1, 1, 1)));
-        assert!(matches!(again, Message::Reject(r) if r.reason == RejectReason::Expired as u8), "{again:?}");
+        assert!(
+            matches!(again, Message::Reject(r) if r.reason == RejectReason::Expired as u8),
+            "{again:?}"
+        );
         // A retransmission that changes count is refused rather than answered.
         let changed = only(s.process(BROKER, &request(1, 1000 + ANN_SLOTS as u64 - 1, 2)));
-        assert!(matches!(changed, Message::Reject(r) if r.reason == RejectReason::BadRequest as u8));
+        assert!(
+            matches!(changed, Message::Reject(r) if r.reason == RejectReason::BadRequest as u8)
+        );
     }
 
     #[test]
@@ -585,13 +681,24 @@ mod tests {
         let mut s = switch(5);
         s.process(CTRL, &install_msg(2, 5, false));
         let wrong = only(s.process(BROKER, &request(1, 1, 1)));
-        assert!(matches!(wrong, Message::Reject(r) if r.reason == RejectReason::WrongEpoch as u8 && r.epoch == 2));
+        assert!(
+            matches!(wrong, Message::Reject(r) if r.reason == RejectReason::WrongEpoch as u8 && r.epoch == 2)
+        );
         let st = status_of(&s.process(CTRL, &Message::Seal(Seal { epoch: 2 })));
         assert_eq!(st.flags & status_flags::SEALED, status_flags::SEALED);
         let sealed = only(s.process(BROKER, &request(2, 1, 1)));
         assert!(matches!(sealed, Message::Reject(r) if r.reason == RejectReason::Sealed as u8));
         // A sealed switch swallows its epoch's token: the epoch ends here.
-        assert!(s.process(NEXT, &Message::Token(Token { epoch: 2, seq: 1, next_base: 0 })).is_empty());
+        assert!(s
+            .process(
+                NEXT,
+                &Message::Token(Token {
+                    epoch: 2,
+                    seq: 1,
+                    next_base: 0
+                })
+            )
+            .is_empty());
         // Non-head switches ignore Inject.
         let mut t = switch(6);
         t.process(CTRL, &install_msg(1, 6, false));

@@ -21,7 +21,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::pipeline::{Config, Pipeline};
 use crate::wire::{
-    install_flags, AlarmKind, Announce, Inject, Install, Message, RejectReason, Request, Seal, Status,
+    install_flags, AlarmKind, Announce, Inject, Install, Message, RejectReason, Request, Seal,
+    Status,
 };
 
 /// SplitMix64: small, fast, and the same everywhere (no dependency on a crate's algorithm).
@@ -147,7 +148,10 @@ const CTRL_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 60
 const REPORT_SHIFT: u8 = 1;
 
 fn switch_addr(i: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i as u8 + 1), crate::wire::SEQ_UDP_PORT)
+    SocketAddrV4::new(
+        Ipv4Addr::new(10, 0, 0, i as u8 + 1),
+        crate::wire::SEQ_UDP_PORT,
+    )
 }
 
 fn broker_addr(b: usize) -> SocketAddrV4 {
@@ -189,10 +193,23 @@ pub struct Store {
 
 #[derive(Debug)]
 enum Phase {
-    Running { last_progress: u64 },
-    Sealing { started: u64, last_send: u64, acks: Vec<Option<Status>> },
-    Installing { started: u64, last_send: u64, acked: Vec<bool> },
-    Injecting { started: u64, last_send: u64 },
+    Running {
+        last_progress: u64,
+    },
+    Sealing {
+        started: u64,
+        last_send: u64,
+        acks: Vec<Option<Status>>,
+    },
+    Installing {
+        started: u64,
+        last_send: u64,
+        acked: Vec<bool>,
+    },
+    Injecting {
+        started: u64,
+        last_send: u64,
+    },
 }
 
 struct Controller {
@@ -268,16 +285,21 @@ impl Checker {
         let key = (a.epoch, a.switch_id, a.visit);
         if let Some(seen) = self.by_visit.get(&key) {
             if seen != a {
-                self.fail(format!("two different announcements for {key:?}: {seen:?} and {a:?}"));
+                self.fail(format!(
+                    "two different announcements for {key:?}: {seen:?} and {a:?}"
+                ));
             }
             return;
         }
         self.by_visit.insert(key, *a);
         let (start, end) = (a.base, a.base + (a.local_hi - a.local_lo));
         if let Some(other) = overlap(&self.issued, start, end) {
-            self.fail(format!("numbers {start}..{end} of {a:?} were already issued by {other:?}"));
+            self.fail(format!(
+                "numbers {start}..{end} of {a:?} were already issued by {other:?}"
+            ));
         }
-        self.issued.insert(start, (end, (a.epoch, a.switch_id, a.visit)));
+        self.issued
+            .insert(start, (end, (a.epoch, a.switch_id, a.visit)));
     }
 
     /// A grant must lie inside a range announced by the same switch in the same epoch.
@@ -289,18 +311,28 @@ impl Checker {
             .next_back()
             .is_some_and(|(_, (e, (ep, sw, _)))| *ep == epoch && *sw == switch_id && end <= *e);
         if !inside {
-            self.fail(format!("grant {gsn}..{end} (epoch {epoch}, switch {switch_id}) matches no announcement"));
+            self.fail(format!(
+                "grant {gsn}..{end} (epoch {epoch}, switch {switch_id}) matches no announcement"
+            ));
         }
     }
 
     fn complete(&mut self, op: usize, gsn: u64, count: u32) {
         let end = gsn + u64::from(count);
         if let Some(other) = overlap(&self.completed, gsn, end) {
-            self.fail(format!("request {op} got {gsn}..{end}, overlapping request {other:?}"));
+            self.fail(format!(
+                "request {op} got {gsn}..{end}, overlapping request {other:?}"
+            ));
         }
-        let covered = self.issued.range(..=gsn).next_back().is_some_and(|(_, (e, ..))| end <= *e);
+        let covered = self
+            .issued
+            .range(..=gsn)
+            .next_back()
+            .is_some_and(|(_, (e, ..))| end <= *e);
         if !covered {
-            self.fail(format!("request {op} got {gsn}..{end}, which no switch announced"));
+            self.fail(format!(
+                "request {op} got {gsn}..{end}, which no switch announced"
+            ));
         }
         self.completed.insert(gsn, (end, op));
     }
@@ -334,7 +366,11 @@ impl Checker {
 }
 
 /// Some range in `map` (start → (end, ..)) overlapping `start..end`.
-fn overlap<V: Copy + std::fmt::Debug>(map: &BTreeMap<u64, (u64, V)>, start: u64, end: u64) -> Option<(u64, u64, V)> {
+fn overlap<V: Copy + std::fmt::Debug>(
+    map: &BTreeMap<u64, (u64, V)>,
+    start: u64,
+    end: u64,
+) -> Option<(u64, u64, V)> {
     if let Some((s, (e, v))) = map.range(..=start).next_back() {
         if *e > start {
             return Some((*s, *e, *v));
@@ -363,13 +399,23 @@ impl Sim {
         let mut sim = Self {
             switches: Vec::new(),
             brokers: (0..cfg.brokers)
-                .map(|_| Broker { up: true, down_until: 0, client: rng.next_u64(), next_req: 1, ops: Vec::new() })
+                .map(|_| Broker {
+                    up: true,
+                    down_until: 0,
+                    client: rng.next_u64(),
+                    next_req: 1,
+                    ops: Vec::new(),
+                })
                 .collect(),
             ctrl: Controller {
                 up: true,
                 down_until: 0,
                 store: Store::default(),
-                phase: Phase::Sealing { started: 0, last_send: 0, acks: vec![None; cfg.switches] },
+                phase: Phase::Sealing {
+                    started: 0,
+                    last_send: 0,
+                    acks: vec![None; cfg.switches],
+                },
             },
             rng,
             now: 0,
@@ -380,7 +426,10 @@ impl Sim {
             cfg,
         };
         for i in 0..sim.cfg.switches {
-            sim.switches.push(SwitchSlot { pipeline: None, install_delivered: false });
+            sim.switches.push(SwitchSlot {
+                pipeline: None,
+                install_delivered: false,
+            });
             sim.boot_switch(i);
         }
         sim.controller_send_seals();
@@ -398,8 +447,12 @@ impl Sim {
         self.report.numbers_issued = self.checker.issued.values().map(|(e, ..)| *e).sum::<u64>()
             - self.checker.issued.keys().sum::<u64>();
         self.report.epochs = self.ctrl.store.epoch;
-        self.report.outstanding_at_end =
-            self.brokers.iter().filter(|b| b.up).map(|b| b.ops.len() as u64).sum();
+        self.report.outstanding_at_end = self
+            .brokers
+            .iter()
+            .filter(|b| b.up)
+            .map(|b| b.ops.len() as u64)
+            .sum();
         self.report.violations = std::mem::take(&mut self.checker.violations);
         self.report
     }
@@ -426,17 +479,27 @@ impl Sim {
         if self.rng.chance(self.cfg.loss_ppm) {
             return;
         }
-        let copies = if self.rng.chance(self.cfg.dup_ppm) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.cfg.dup_ppm) {
+            2
+        } else {
+            1
+        };
         let bytes = msg.to_bytes();
         for _ in 0..copies {
             let at = self.now + 1 + self.rng.below(self.cfg.max_delay + 1);
-            self.net.in_flight.entry(at).or_default().push((from, to, bytes.clone()));
+            self.net
+                .in_flight
+                .entry(at)
+                .or_default()
+                .push((from, to, bytes.clone()));
         }
     }
 
     /// Arrivals of this step, in a random order.
     fn deliver_due(&mut self) {
-        let Some(mut due) = self.net.in_flight.remove(&self.now) else { return };
+        let Some(mut due) = self.net.in_flight.remove(&self.now) else {
+            return;
+        };
         for i in (1..due.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
             due.swap(i, j);
@@ -453,7 +516,9 @@ impl Sim {
                 Some(Node::Switch(s)) => self.switch_receive(s, from, msg),
                 Some(Node::Broker(b)) => self.broker_receive(b, msg),
                 Some(Node::Controller) => self.controller_receive(msg),
-                None => self.checker.fail(format!("packet to unknown address {to}: {msg:?}")),
+                None => self
+                    .checker
+                    .fail(format!("packet to unknown address {to}: {msg:?}")),
             }
         }
     }
@@ -486,7 +551,8 @@ impl Sim {
     /// Restarts whatever is down and due: switches at random, the others after their downtime.
     fn revive(&mut self) {
         for s in 0..self.switches.len() {
-            let restart = self.now >= self.cfg.faults_until || self.rng.chance(self.cfg.switch_restart_ppm);
+            let restart =
+                self.now >= self.cfg.faults_until || self.rng.chance(self.cfg.switch_restart_ppm);
             if self.switches[s].pipeline.is_none() && restart {
                 self.boot_switch(s);
             }
@@ -495,7 +561,9 @@ impl Sim {
             // A new leader: the store survived, the in-memory phase did not. It watches the
             // ring and reconfigures if the token does not show up.
             self.ctrl.up = true;
-            self.ctrl.phase = Phase::Running { last_progress: self.now };
+            self.ctrl.phase = Phase::Running {
+                last_progress: self.now,
+            };
         }
         for b in 0..self.brokers.len() {
             if !self.brokers[b].up && self.now >= self.brokers[b].down_until {
@@ -512,10 +580,18 @@ impl Sim {
 
     fn boot_switch(&mut self, s: usize) {
         let boot = self.rng.next_u64() | 1;
-        let cfg = Config { switch_id: s as u16, boot, controller: Some(CTRL_ADDR), default_successor: None };
+        let cfg = Config {
+            switch_id: s as u16,
+            boot,
+            controller: Some(CTRL_ADDR),
+            default_successor: None,
+        };
         let pipeline = Pipeline::new(cfg);
         let hello = pipeline.boot_messages();
-        self.switches[s] = SwitchSlot { pipeline: Some(pipeline), install_delivered: false };
+        self.switches[s] = SwitchSlot {
+            pipeline: Some(pipeline),
+            install_delivered: false,
+        };
         for (to, msg) in hello {
             self.send(switch_addr(s), to, msg);
         }
@@ -523,7 +599,9 @@ impl Sim {
 
     fn switch_receive(&mut self, s: usize, from: SocketAddrV4, msg: Message) {
         let slot = &mut self.switches[s];
-        let Some(pipeline) = slot.pipeline.as_mut() else { return };
+        let Some(pipeline) = slot.pipeline.as_mut() else {
+            return;
+        };
         if let Message::Install(i) = msg {
             if i.boot == pipeline.config().boot {
                 slot.install_delivered = true;
@@ -536,9 +614,15 @@ impl Sim {
     }
 
     fn observe_switch_output(&mut self, s: usize, msg: &Message) {
-        let issues = matches!(msg, Message::Ticket(_) | Message::Grant(_) | Message::Announce(_) | Message::Token(_));
+        let issues = matches!(
+            msg,
+            Message::Ticket(_) | Message::Grant(_) | Message::Announce(_) | Message::Token(_)
+        );
         if issues && !self.switches[s].install_delivered {
-            self.checker.fail(format!("switch {s} sent {} before an install reached its incarnation", msg.name()));
+            self.checker.fail(format!(
+                "switch {s} sent {} before an install reached its incarnation",
+                msg.name()
+            ));
         }
         match msg {
             Message::Announce(a) => self.checker.announce(a),
@@ -572,7 +656,12 @@ impl Sim {
     fn start_op(&mut self, b: usize) {
         let count = 1 + self.rng.below(u64::from(self.cfg.max_count)) as u32;
         let op = self.ops.len();
-        self.ops.push(OpRecord { start: self.now, end: None, gsn: 0, count });
+        self.ops.push(OpRecord {
+            start: self.now,
+            end: None,
+            gsn: 0,
+            count,
+        });
         let pending = PendingOp {
             op,
             count,
@@ -613,8 +702,15 @@ impl Sim {
         let op = &mut self.brokers[b].ops[i];
         op.last_send = self.now;
         op.sends += 1;
-        let Some(&req_id) = op.req_ids.last() else { return };
-        let req = Request { epoch: op.epoch, count: op.count, client, req_id };
+        let Some(&req_id) = op.req_ids.last() else {
+            return;
+        };
+        let req = Request {
+            epoch: op.epoch,
+            count: op.count,
+            client,
+            req_id,
+        };
         let to = switch_addr(op.switch);
         self.send(broker_addr(b), to, Message::Request(req));
     }
@@ -636,15 +732,32 @@ impl Sim {
         let client = self.brokers[b].client;
         match msg {
             Message::Ticket(t) if t.client == client => {
-                let held = HeldTicket { epoch: t.epoch, switch_id: t.switch_id, visit: t.visit, local_off: t.local_off };
-                if let Some(op) = self.brokers[b].ops.iter_mut().find(|o| o.req_ids.contains(&t.req_id)) {
-                    if !op.tickets.iter().any(|h| h.epoch == held.epoch && h.local_off == held.local_off) {
+                let held = HeldTicket {
+                    epoch: t.epoch,
+                    switch_id: t.switch_id,
+                    visit: t.visit,
+                    local_off: t.local_off,
+                };
+                if let Some(op) = self.brokers[b]
+                    .ops
+                    .iter_mut()
+                    .find(|o| o.req_ids.contains(&t.req_id))
+                {
+                    if !op
+                        .tickets
+                        .iter()
+                        .any(|h| h.epoch == held.epoch && h.local_off == held.local_off)
+                    {
                         op.tickets.push(held);
                     }
                 }
             }
             Message::Grant(g) if g.client == client => {
-                if let Some(i) = self.brokers[b].ops.iter().position(|o| o.req_ids.contains(&g.req_id)) {
+                if let Some(i) = self.brokers[b]
+                    .ops
+                    .iter()
+                    .position(|o| o.req_ids.contains(&g.req_id))
+                {
                     self.complete(b, i, g.gsn);
                 }
             }
@@ -667,7 +780,13 @@ impl Sim {
     }
 
     fn on_reject(&mut self, b: usize, req_id: u64, reason: u8) {
-        let Some(i) = self.brokers[b].ops.iter().position(|o| o.req_ids.last() == Some(&req_id)) else { return };
+        let Some(i) = self.brokers[b]
+            .ops
+            .iter()
+            .position(|o| o.req_ids.last() == Some(&req_id))
+        else {
+            return;
+        };
         match RejectReason::from_u8(reason) {
             Some(RejectReason::Expired) => self.reissue(b, i),
             Some(RejectReason::NotInstalled | RejectReason::WrongEpoch | RejectReason::Sealed) => {
@@ -676,7 +795,9 @@ impl Sim {
                 }
             }
             Some(RejectReason::Busy) => {}
-            other => self.checker.fail(format!("broker {b} request {req_id} rejected: {other:?}")),
+            other => self
+                .checker
+                .fail(format!("broker {b} request {req_id} rejected: {other:?}")),
         }
     }
 
@@ -708,8 +829,12 @@ impl Sim {
         let (now, retry) = (self.now, self.retry_interval());
         let progress_timeout = 12 * (1 << REPORT_SHIFT) * self.cfg.hop() + 20;
         match &self.ctrl.phase {
-            Phase::Running { last_progress } if now > last_progress + progress_timeout => self.start_reconfig(),
-            Phase::Sealing { started, last_send, .. } => {
+            Phase::Running { last_progress } if now > last_progress + progress_timeout => {
+                self.start_reconfig()
+            }
+            Phase::Sealing {
+                started, last_send, ..
+            } => {
                 let ready = self.seal_complete(now >= started + self.give_up_after());
                 if ready {
                     self.choose_and_store_next_epoch();
@@ -717,7 +842,9 @@ impl Sim {
                     self.controller_send_seals();
                 }
             }
-            Phase::Installing { started, last_send, .. } => {
+            Phase::Installing {
+                started, last_send, ..
+            } => {
                 if now >= started + self.give_up_after() {
                     self.start_reconfig();
                 } else if now >= last_send + retry {
@@ -736,7 +863,11 @@ impl Sim {
     }
 
     fn start_reconfig(&mut self) {
-        self.ctrl.phase = Phase::Sealing { started: self.now, last_send: self.now, acks: vec![None; self.switches.len()] };
+        self.ctrl.phase = Phase::Sealing {
+            started: self.now,
+            last_send: self.now,
+            acks: vec![None; self.switches.len()],
+        };
         self.controller_send_seals();
     }
 
@@ -754,7 +885,9 @@ impl Sim {
     /// Done when every switch has acknowledged, or, after the give-up time, when at least
     /// one has (the silent ones are presumed dead; see PROTOCOL.md on what that assumes).
     fn seal_complete(&self, give_up: bool) -> bool {
-        let Phase::Sealing { acks, .. } = &self.ctrl.phase else { return false };
+        let Phase::Sealing { acks, .. } = &self.ctrl.phase else {
+            return false;
+        };
         let acked = acks.iter().filter(|a| a.is_some()).count();
         acked == acks.len() || (give_up && acked > 0)
     }
@@ -762,11 +895,16 @@ impl Sim {
     /// The restart point: above everything the sealed epoch can have issued (PROTOCOL.md,
     /// "Choosing the restart point").
     fn choose_and_store_next_epoch(&mut self) {
-        let Phase::Sealing { acks, .. } = &self.ctrl.phase else { return };
+        let Phase::Sealing { acks, .. } = &self.ctrl.phase else {
+            return;
+        };
         let store = &self.ctrl.store;
         let restart = restart_point(store, acks, u64::from(self.cfg.max_visit));
-        let members: Vec<(usize, u64)> =
-            acks.iter().enumerate().filter_map(|(s, a)| a.map(|st| (s, st.boot))).collect();
+        let members: Vec<(usize, u64)> = acks
+            .iter()
+            .enumerate()
+            .filter_map(|(s, a)| a.map(|st| (s, st.boot)))
+            .collect();
         let next = Store {
             epoch: store.epoch + 1,
             base: restart,
@@ -775,12 +913,21 @@ impl Sim {
         };
         self.ctrl.store = next;
         let n = self.ctrl.store.members.len();
-        self.ctrl.phase = Phase::Installing { started: self.now, last_send: self.now, acked: vec![false; n] };
+        self.ctrl.phase = Phase::Installing {
+            started: self.now,
+            last_send: self.now,
+            acked: vec![false; n],
+        };
         self.controller_send_installs();
     }
 
     fn controller_send_installs(&mut self) {
-        let Phase::Installing { last_send, acked, .. } = &mut self.ctrl.phase else { return };
+        let Phase::Installing {
+            last_send, acked, ..
+        } = &mut self.ctrl.phase
+        else {
+            return;
+        };
         *last_send = self.now;
         let acked = acked.clone();
         let store = self.ctrl.store.clone();
@@ -813,7 +960,11 @@ impl Sim {
         let store = &self.ctrl.store;
         let head = store.members[store.epoch as usize % store.members.len()].0;
         let epoch = store.epoch;
-        self.send(CTRL_ADDR, switch_addr(head), Message::Inject(Inject { epoch }));
+        self.send(
+            CTRL_ADDR,
+            switch_addr(head),
+            Message::Inject(Inject { epoch }),
+        );
     }
 
     fn controller_receive(&mut self, msg: Message) {
@@ -832,11 +983,18 @@ impl Sim {
             return;
         }
         match (AlarmKind::from_u8(kind), &mut self.ctrl.phase) {
-            (Some(AlarmKind::Progress), Phase::Running { last_progress }) => *last_progress = self.now,
-            (Some(AlarmKind::Progress), Phase::Injecting { .. }) => {
-                self.ctrl.phase = Phase::Running { last_progress: self.now };
+            (Some(AlarmKind::Progress), Phase::Running { last_progress }) => {
+                *last_progress = self.now
             }
-            (Some(AlarmKind::TokenDropped | AlarmKind::Exhausted), Phase::Running { .. } | Phase::Injecting { .. }) => {
+            (Some(AlarmKind::Progress), Phase::Injecting { .. }) => {
+                self.ctrl.phase = Phase::Running {
+                    last_progress: self.now,
+                };
+            }
+            (
+                Some(AlarmKind::TokenDropped | AlarmKind::Exhausted),
+                Phase::Running { .. } | Phase::Injecting { .. },
+            ) => {
                 self.start_reconfig();
             }
             _ => {}
@@ -849,10 +1007,8 @@ impl Sim {
         let member = self.ctrl.store.members.iter().position(|(m, _)| *m == s);
         let restarted = member.is_some_and(|k| self.ctrl.store.members[k].1 != st.boot);
         match &mut self.ctrl.phase {
-            Phase::Sealing { acks, .. } => {
-                if st.seal_floor >= epoch && s < acks.len() {
-                    acks[s] = Some(st);
-                }
+            Phase::Sealing { acks, .. } if st.seal_floor >= epoch && s < acks.len() => {
+                acks[s] = Some(st);
             }
             Phase::Installing { acked, .. } => {
                 if restarted {
@@ -860,7 +1016,10 @@ impl Sim {
                 } else if let Some(k) = member.filter(|_| st.epoch == epoch) {
                     acked[k] = true;
                     if acked.iter().all(|a| *a) {
-                        self.ctrl.phase = Phase::Injecting { started: self.now, last_send: self.now };
+                        self.ctrl.phase = Phase::Injecting {
+                            started: self.now,
+                            last_send: self.now,
+                        };
                         self.controller_send_inject();
                     }
                 }
@@ -893,7 +1052,9 @@ pub fn restart_point(store: &Store, acks: &[Option<Status>], max_visit: u64) -> 
         return store.limit;
     }
     let silent = store.members.len() as u64 - reporting;
-    highest.saturating_add(silent.saturating_mul(max_visit)).min(store.limit)
+    highest
+        .saturating_add(silent.saturating_mul(max_visit))
+        .min(store.limit)
 }
 
 /// Runs one seed; `Err` names the seed and the first violations.
@@ -915,7 +1076,10 @@ mod tests {
     use super::*;
 
     fn seeds() -> u64 {
-        std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+        std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000)
     }
 
     #[test]
@@ -933,8 +1097,15 @@ mod tests {
         }
         eprintln!("{} seeds: {totals:?}", seeds());
         // The faults must actually have happened, and the ring must still have made progress.
-        assert!(totals.switch_crashes > 0 && totals.controller_crashes > 0 && u64::from(totals.epochs) > seeds());
-        assert!(totals.completed * 10 > totals.started * 8, "too little progress: {totals:?}");
+        assert!(
+            totals.switch_crashes > 0
+                && totals.controller_crashes > 0
+                && u64::from(totals.epochs) > seeds()
+        );
+        assert!(
+            totals.completed * 10 > totals.started * 8,
+            "too little progress: {totals:?}"
+        );
         assert!(totals.completed_while_controller_down > 0);
     }
 
@@ -945,14 +1116,20 @@ mod tests {
             assert_eq!(report.epochs, 1, "seed {seed}: {report:?}");
             assert!(report.started > 30, "seed {seed}: {report:?}");
             // Requests still in flight at the end started within the last round trips.
-            assert!(report.completed + report.outstanding_at_end == report.started, "seed {seed}: {report:?}");
+            assert!(
+                report.completed + report.outstanding_at_end == report.started,
+                "seed {seed}: {report:?}"
+            );
         }
     }
 
     /// `SIM_SEED=n` replays one seed with its full report.
     #[test]
     fn replay_one_seed() {
-        let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+        let seed = std::env::var("SIM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7);
         let cfg = SimConfig::from_seed(seed);
         match run_seed(cfg.clone()) {
             Ok(report) => eprintln!("seed {seed} ok: {cfg:?}\n{report:?}"),
@@ -968,7 +1145,14 @@ mod tests {
     }
 
     fn ann(switch_id: u16, visit: u64, lo: u64, hi: u64, base: u64) -> Announce {
-        Announce { epoch: 1, switch_id, visit, local_lo: lo, local_hi: hi, base }
+        Announce {
+            epoch: 1,
+            switch_id,
+            visit,
+            local_lo: lo,
+            local_hi: hi,
+            base,
+        }
     }
 
     #[test]
@@ -980,18 +1164,40 @@ mod tests {
         c.announce(&ann(1, 1, 0, 5, 105));
         assert_eq!(c.violations.len(), 1, "overlap must be caught");
         c.announce(&ann(0, 1, 0, 10, 200));
-        assert_eq!(c.violations.len(), 2, "conflicting announcement must be caught");
+        assert_eq!(
+            c.violations.len(),
+            2,
+            "conflicting announcement must be caught"
+        );
         c.grant(1, 0, 300, 1);
-        assert_eq!(c.violations.len(), 3, "grant outside any announcement must be caught");
+        assert_eq!(
+            c.violations.len(),
+            3,
+            "grant outside any announcement must be caught"
+        );
 
         let mut c = Checker::default();
         c.announce(&ann(0, 1, 0, 10, 100));
         c.complete(0, 100, 5);
         c.complete(1, 104, 2);
-        assert_eq!(c.violations.len(), 1, "two requests sharing a number must be caught");
+        assert_eq!(
+            c.violations.len(),
+            1,
+            "two requests sharing a number must be caught"
+        );
         let ops = [
-            OpRecord { start: 0, end: Some(5), gsn: 107, count: 1 },
-            OpRecord { start: 6, end: Some(9), gsn: 106, count: 1 },
+            OpRecord {
+                start: 0,
+                end: Some(5),
+                gsn: 107,
+                count: 1,
+            },
+            OpRecord {
+                start: 6,
+                end: Some(9),
+                gsn: 106,
+                count: 1,
+            },
         ];
         c.real_time(&ops);
         assert_eq!(c.violations.len(), 2, "real-time inversion must be caught");
@@ -999,13 +1205,35 @@ mod tests {
 
     #[test]
     fn restart_point_covers_silent_members() {
-        let store = Store { epoch: 3, base: 1000, limit: 1_000_000, members: vec![(0, 11), (1, 22), (2, 33)] };
-        let st = |boot, fwd_base| Some(Status { boot, epoch: 3, seal_floor: 3, fwd_base, ..Status::default() });
+        let store = Store {
+            epoch: 3,
+            base: 1000,
+            limit: 1_000_000,
+            members: vec![(0, 11), (1, 22), (2, 33)],
+        };
+        let st = |boot, fwd_base| {
+            Some(Status {
+                boot,
+                epoch: 3,
+                seal_floor: 3,
+                fwd_base,
+                ..Status::default()
+            })
+        };
         // All report: the highest forwarded base.
-        assert_eq!(restart_point(&store, &[st(11, 1500), st(22, 1600), st(33, 1400)], 50), 1600);
+        assert_eq!(
+            restart_point(&store, &[st(11, 1500), st(22, 1600), st(33, 1400)], 50),
+            1600
+        );
         // Switch 2 restarted (new boot), switch 1 silent: two visits of at most W each.
-        assert_eq!(restart_point(&store, &[st(11, 1500), None, st(99, 0)], 50), 1600);
+        assert_eq!(
+            restart_point(&store, &[st(11, 1500), None, st(99, 0)], 50),
+            1600
+        );
         // Nobody from the installed incarnations: only the limit is safe.
-        assert_eq!(restart_point(&store, &[None, st(23, 0), None], 50), 1_000_000);
+        assert_eq!(
+            restart_point(&store, &[None, st(23, 0), None], 50),
+            1_000_000
+        );
     }
 }

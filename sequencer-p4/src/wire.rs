@@ -31,7 +31,11 @@ pub const MAX_PACKET: usize = COMMON_LEN + Status::LEN;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("packet of {got} bytes is shorter than the {need}-byte {what}")]
-    Short { what: &'static str, need: usize, got: usize },
+    Short {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
     #[error("bad magic {0:#06x}: not a sequencer packet")]
     BadMagic(u16),
     #[error("protocol version {0} is not supported (this build speaks {VERSION})")]
@@ -73,7 +77,11 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take<T: Field>(&mut self) -> Result<T, WireError> {
-        let short = WireError::Short { what: self.what, need: self.need, got: self.bytes.len() };
+        let short = WireError::Short {
+            what: self.what,
+            need: self.need,
+            got: self.bytes.len(),
+        };
         let value = T::read(self.bytes).ok_or(short.clone())?;
         self.bytes = self.bytes.get(T::SIZE..).ok_or(short)?;
         Ok(value)
@@ -339,7 +347,9 @@ pub enum AlarmKind {
 impl AlarmKind {
     pub fn from_u8(v: u8) -> Option<Self> {
         use AlarmKind::*;
-        [Progress, TokenDropped, Exhausted].into_iter().find(|k| *k as u8 == v)
+        [Progress, TokenDropped, Exhausted]
+            .into_iter()
+            .find(|k| *k as u8 == v)
     }
 }
 
@@ -427,7 +437,12 @@ impl Message {
 
     /// Appends the encoded packet to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        Common { magic: MAGIC, version: VERSION, msg_type: self.type_code() }.put(out);
+        Common {
+            magic: MAGIC,
+            version: VERSION,
+            msg_type: self.type_code(),
+        }
+        .put(out);
         match self {
             Message::Request(m) => m.put(out),
             Message::Ticket(m) => m.put(out),
@@ -496,11 +511,16 @@ macro_rules! body_impl {
         }
     )*};
 }
-body_impl!(Request, Ticket, Grant, Reject, Announce, Token, Seal, Install, Inject, Probe, Status, Alarm);
+body_impl!(
+    Request, Ticket, Grant, Reject, Announce, Token, Seal, Install, Inject, Probe, Status, Alarm
+);
 
 fn exact<T: Body>(body: &[u8]) -> Result<T, WireError> {
     if body.len() > T::SIZE {
-        return Err(WireError::Trailing { what: T::NAME, extra: body.len() - T::SIZE });
+        return Err(WireError::Trailing {
+            what: T::NAME,
+            extra: body.len() - T::SIZE,
+        });
     }
     T::parse(body)
 }
@@ -536,7 +556,11 @@ mod tests {
         let mut rest = P4_SOURCE;
         while let Some(at) = rest.find("\nheader ") {
             rest = &rest[at + "\nheader ".len()..];
-            let name = rest.split_whitespace().next().expect("header name").to_string();
+            let name = rest
+                .split_whitespace()
+                .next()
+                .expect("header name")
+                .to_string();
             let open = rest.find('{').expect("header body");
             let close = rest.find('}').expect("header end");
             let fields = rest[open + 1..close]
@@ -565,7 +589,13 @@ mod tests {
             .lines()
             .find(|l| l.trim_start().starts_with("const") && l.contains(&format!(" {name} ")))
             .unwrap_or_else(|| panic!("P4 const {name} missing"));
-        let value = line.split('=').nth(1).expect("=").trim().trim_end_matches(';').trim();
+        let value = line
+            .split('=')
+            .nth(1)
+            .expect("=")
+            .trim()
+            .trim_end_matches(';')
+            .trim();
         match value.strip_prefix("0x") {
             Some(hex) => u64::from_str_radix(hex, 16).expect("hex"),
             None => value.parse().expect("decimal"),
@@ -576,13 +606,22 @@ mod tests {
     fn rust_headers_match_p4_headers_field_by_field() {
         let p4 = p4_headers();
         for (name, fields) in layouts() {
-            let declared = p4.get(name).unwrap_or_else(|| panic!("P4 program lacks header {name}"));
-            let ours: Vec<(String, usize)> = fields.iter().map(|(f, b)| (f.to_string(), *b)).collect();
-            assert_eq!(&ours, declared, "layout of {name} differs between wire.rs and sequencer.p4");
+            let declared = p4
+                .get(name)
+                .unwrap_or_else(|| panic!("P4 program lacks header {name}"));
+            let ours: Vec<(String, usize)> =
+                fields.iter().map(|(f, b)| (f.to_string(), *b)).collect();
+            assert_eq!(
+                &ours, declared,
+                "layout of {name} differs between wire.rs and sequencer.p4"
+            );
         }
         let ours: Vec<&str> = layouts().iter().map(|(n, _)| *n).collect();
         for name in p4.keys().filter(|n| n.starts_with("seq_")) {
-            assert!(ours.contains(&name.as_str()), "P4 header {name} has no Rust counterpart");
+            assert!(
+                ours.contains(&name.as_str()),
+                "P4 header {name} has no Rust counterpart"
+            );
         }
     }
 
@@ -622,11 +661,17 @@ mod tests {
         }
         for r in 1..=6u8 {
             let reason = RejectReason::from_u8(r).expect("reason");
-            assert_eq!(p4_const(&format!("REJECT_{}", upper_snake(&format!("{reason:?}")))), u64::from(r));
+            assert_eq!(
+                p4_const(&format!("REJECT_{}", upper_snake(&format!("{reason:?}")))),
+                u64::from(r)
+            );
         }
         for k in 1..=3u8 {
             let kind = AlarmKind::from_u8(k).expect("kind");
-            assert_eq!(p4_const(&format!("ALARM_{}", upper_snake(&format!("{kind:?}")))), u64::from(k));
+            assert_eq!(
+                p4_const(&format!("ALARM_{}", upper_snake(&format!("{kind:?}")))),
+                u64::from(k)
+            );
         }
     }
 
@@ -659,7 +704,9 @@ mod tests {
 
     /// Reads `bits` bits at bit offset `at`, big-endian.
     fn read_bits(bytes: &[u8], at: usize, bits: usize) -> u64 {
-        (at..at + bits).fold(0u64, |acc, b| (acc << 1) | u64::from((bytes[b / 8] >> (7 - b % 8)) & 1))
+        (at..at + bits).fold(0u64, |acc, b| {
+            (acc << 1) | u64::from((bytes[b / 8] >> (7 - b % 8)) & 1)
+        })
     }
 
     fn every_message() -> Vec<Message> {
@@ -713,7 +760,11 @@ mod tests {
             let mut at = common_bits;
             for ((name, bits), (vname, value)) in declared.iter().zip(&values) {
                 assert_eq!(name, vname, "{header}");
-                assert_eq!(read_bits(&bytes, at, *bits), *value, "{header}.{name} at bit {at}");
+                assert_eq!(
+                    read_bits(&bytes, at, *bits),
+                    *value,
+                    "{header}.{name} at bit {at}"
+                );
                 at += bits;
             }
             assert_eq!(declared.len(), values.len(), "{header}");
@@ -734,11 +785,18 @@ mod tests {
         for m in every_message() {
             let bytes = m.to_bytes();
             for len in 0..bytes.len() {
-                assert!(Message::decode(&bytes[..len]).is_err(), "{} truncated to {len}", m.name());
+                assert!(
+                    Message::decode(&bytes[..len]).is_err(),
+                    "{} truncated to {len}",
+                    m.name()
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(matches!(Message::decode(&longer), Err(WireError::Trailing { .. })));
+            assert!(matches!(
+                Message::decode(&longer),
+                Err(WireError::Trailing { .. })
+            ));
         }
     }
 
@@ -763,8 +821,14 @@ mod tests {
                 let _ = Message::decode(&buf);
             }
         }
-        assert_eq!(Message::decode(&[0x47, 0x53, VERSION, 99]), Err(WireError::UnknownType(99)));
+        assert_eq!(
+            Message::decode(&[0x47, 0x53, VERSION, 99]),
+            Err(WireError::UnknownType(99))
+        );
         assert_eq!(Message::decode(&[0, 0, 1, 1]), Err(WireError::BadMagic(0)));
-        assert_eq!(Message::decode(&[0x47, 0x53, 9, 1]), Err(WireError::Version(9)));
+        assert_eq!(
+            Message::decode(&[0x47, 0x53, 9, 1]),
+            Err(WireError::Version(9))
+        );
     }
 }

@@ -104,13 +104,16 @@ def test_offsets_for_times_and_list_offsets(broker):
     # Partition 0: 200 records at base + 10*i, in 4 separate produce calls so
     # they land in several batches. Partition 1: 50 records at base+5+10*i.
     # Partition 2 stays empty.
+    # One request in flight, so the stored order is the produced order
+    # (pipelined-request ordering is tested in test_ordering.py).
     p0 = []
     for chunk in range(4):
         p0 += produce(broker.bootstrap,
                       [Out(topic, 0, None, f"p0-{i}".encode(), base + 10 * i)
-                       for i in range(chunk * 50, chunk * 50 + 50)])
+                       for i in range(chunk * 50, chunk * 50 + 50)],
+                      max_in_flight_requests_per_connection=1)
     p1 = produce(broker.bootstrap, [Out(topic, 1, None, f"p1-{i}".encode(), base + 5 + 10 * i)
-                                    for i in range(50)])
+                                    for i in range(50)], max_in_flight_requests_per_connection=1)
     p0.sort(key=lambda r: r.offset)
     p1.sort(key=lambda r: r.offset)
     assert [r.value for r in p0] == [f"p0-{i}".encode() for i in range(200)], "p0 order"

@@ -123,7 +123,7 @@ def test_kafka_python_roundtrip(broker):
 def test_kafka_python_offsets_for_times(broker):
     topic = unique_name("kp-time")
     base = int(time.time() * 1000) - 300_000
-    p = producer(broker.bootstrap)
+    p = producer(broker.bootstrap, max_in_flight_requests_per_connection=1)  # stored order = sent order
     try:
         futs = [p.send(topic, value=f"t{i}".encode(), partition=0, timestamp_ms=base + 10 * i)
                 for i in range(100)]

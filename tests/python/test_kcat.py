@@ -23,7 +23,8 @@ def kcat(*args: str, input: bytes | None = None, check: bool = True) -> subproce
         pytest.fail("kcat is not installed (apt-get install kcat)", pytrace=False)
     cmd = [KCAT, *args]
     try:
-        cp = subprocess.run(cmd, input=input, capture_output=True, timeout=TIMEOUT_S)
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        cp = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, **stdin)
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"{' '.join(cmd)} hung for {TIMEOUT_S}s; stderr: "
                              f"{(e.stderr or b'').decode(errors='replace')[-2000:]}")
@@ -63,8 +64,11 @@ def test_kcat_metadata_list(broker):
 def test_kcat_produce_consume(broker, codec):
     topic = unique_name(f"kcat-{codec}")  # auto-created on first use (1 partition)
     lines = [f"key{i}:value-{codec}-{i}-" + "y" * (i % 50) for i in range(2000)]
+    # One request in flight: the exact order is checked below (ordering of
+    # pipelined requests has its own test in test_ordering.py).
     kcat("-P", "-b", broker.bootstrap, "-t", topic, "-K", ":", "-X", f"compression.codec={codec}",
-         "-m", "20", input=("\n".join(lines) + "\n").encode())
+         "-X", "max.in.flight.requests.per.connection=1", "-m", "20",
+         input=("\n".join(lines) + "\n").encode())
 
     # Topic now listed with the default partition count.
     md = json.loads(kcat("-L", "-J", "-b", broker.bootstrap, "-t", topic, "-m", "20").stdout)
@@ -93,7 +97,8 @@ def test_kcat_query_offset_by_timestamp(broker):
     delivered = []
     for chunk in range(3):  # three produce calls: several batches
         delivered += produce(broker.bootstrap, [Out(topic, 0, None, f"r{i}".encode(), base + 100 * i)
-                                                for i in range(chunk * 20, chunk * 20 + 20)])
+                                                for i in range(chunk * 20, chunk * 20 + 20)],
+                             max_in_flight_requests_per_connection=1)
     delivered.sort(key=lambda r: r.offset)
     assert [r.timestamp for r in delivered] == [base + 100 * i for i in range(60)]
 

@@ -10,7 +10,11 @@ use kafka_protocol::ResponseError;
 use crate::broker::Broker;
 use crate::protocol::{encode_response, SUPPORTED};
 
-pub async fn handle(_broker: &Arc<Broker>, _req: ApiVersionsRequest, _version: i16) -> ApiVersionsResponse {
+pub async fn handle(
+    _broker: &Arc<Broker>,
+    _req: ApiVersionsRequest,
+    _version: i16,
+) -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(advertised())
 }
 

@@ -7,7 +7,11 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 
 use crate::broker::{Broker, BrokerError};
 
-pub async fn handle(broker: &Arc<Broker>, req: CreatePartitionsRequest, _version: i16) -> CreatePartitionsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
     let me = broker.config.broker_id();
     for t in req.topics {
@@ -30,7 +34,9 @@ pub async fn handle(broker: &Arc<Broker>, req: CreatePartitionsRequest, _version
         if let Err(e) = outcome {
             let code = super::create_topics::error_code(&e);
             super::note_error(broker, "CreatePartitions", code);
-            result = result.with_error_code(code).with_error_message(super::message(e.to_string()));
+            result = result
+                .with_error_code(code)
+                .with_error_message(super::message(e.to_string()));
         }
         resp.results.push(result);
     }

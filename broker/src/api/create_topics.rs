@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -15,7 +17,11 @@ use crate::topic_config;
 const SOURCE_DEFAULT: i8 = 5;
 const SOURCE_TOPIC: i8 = 1;
 
-pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut resp = CreateTopicsResponse::default();
     for t in req.topics {
         let name = t.name.as_str().to_string();
@@ -24,17 +30,27 @@ pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16
         } else {
             t.num_partitions
         };
-        let rf = if t.replication_factor == -1 { 1 } else { t.replication_factor };
+        let rf = if t.replication_factor == -1 {
+            1
+        } else {
+            t.replication_factor
+        };
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
         let configs: BTreeMap<String, String> = t
             .configs
             .iter()
-            .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_string(), v.as_str().to_string())))
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.as_str().to_string(), v.as_str().to_string()))
+            })
             .collect();
         let checked = if !t.assignments.is_empty() {
             check_assignments(broker, &t.assignments, &name, rf, &configs).map(|n| (n, configs))
         } else {
-            broker.check_new_topic(&name, partitions, rf, &configs).map(|()| (partitions, configs))
+            broker
+                .check_new_topic(&name, partitions, rf, &configs)
+                .map(|()| (partitions, configs))
         };
         let outcome = match checked {
             Err(e) => Err(e),
@@ -44,7 +60,11 @@ pub async fn handle(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16
         match outcome {
             Ok(created) => {
                 let (n, topic_configs, id) = match &created {
-                    Some(topic) => (topic.record.partitions, topic.record.configs.clone(), topic.record.id),
+                    Some(topic) => (
+                        topic.record.partitions,
+                        topic.record.configs.clone(),
+                        topic.record.id,
+                    ),
                     None => (partitions, BTreeMap::new(), [0u8; 16]),
                 };
                 if version >= 5 {
@@ -119,7 +139,10 @@ fn describe(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<Creata
         .map(|def| {
             let (value, source) = match overrides.get(def.name) {
                 Some(v) => (Some(v.clone()), SOURCE_TOPIC),
-                None => (topic_config::default_value(def.name, &broker.config), SOURCE_DEFAULT),
+                None => (
+                    topic_config::default_value(def.name, &broker.config),
+                    SOURCE_DEFAULT,
+                ),
             };
             CreatableTopicConfigs::default()
                 .with_name(StrBytes::from_static_str(def.name))

@@ -9,17 +9,29 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Broker;
 
-pub async fn handle(broker: &Arc<Broker>, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> = if version >= 6 {
-        req.topics.into_iter().map(|t| (t.name, t.topic_id)).collect()
+        req.topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
     } else {
-        req.topic_names.into_iter().map(|n| (Some(n), uuid::Uuid::nil())).collect()
+        req.topic_names
+            .into_iter()
+            .map(|n| (Some(n), uuid::Uuid::nil()))
+            .collect()
     };
     let mut resp = DeleteTopicsResponse::default();
     for (name, id) in targets.drain(..) {
         let resolved = match (&name, id.is_nil()) {
             (Some(n), _) => Some(n.as_str().to_string()),
-            (None, false) => broker.topic_by_id(id.as_bytes()).map(|t| t.record.name.clone()),
+            (None, false) => broker
+                .topic_by_id(id.as_bytes())
+                .map(|t| t.record.name.clone()),
             (None, true) => None,
         };
         let mut result = DeletableTopicResult::default().with_name(name.clone());

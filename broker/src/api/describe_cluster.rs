@@ -12,7 +12,11 @@ use crate::broker::Broker;
 /// Kafka's endpoint types: 1 = brokers, 2 = controllers.
 const ENDPOINT_BROKERS: i8 = 1;
 
-pub async fn handle(broker: &Arc<Broker>, req: DescribeClusterRequest, version: i16) -> DescribeClusterResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: DescribeClusterRequest,
+    version: i16,
+) -> DescribeClusterResponse {
     let c = &broker.config;
     let mut resp = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))

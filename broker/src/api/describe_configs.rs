@@ -28,14 +28,21 @@ struct Entry {
     doc: &'static str,
 }
 
-pub async fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
     let mut resp = DescribeConfigsResponse::default();
     for r in req.resources {
         let name = r.resource_name.as_str().to_string();
         let entries = match r.resource_type {
             RESOURCE_TOPIC => match broker.topic(&name) {
                 Some(topic) => Ok(topic_entries(broker, &topic.record.configs)),
-                None => Err((ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist"))),
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                )),
             },
             RESOURCE_BROKER if name.is_empty() || name == broker.config.broker_id().to_string() => {
                 Ok(broker_entries(broker))
@@ -44,7 +51,10 @@ pub async fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest, version: 
                 ResponseError::InvalidRequest,
                 format!("this is broker {}, not '{name}'", broker.config.broker_id()),
             )),
-            other => Err((ResponseError::InvalidRequest, format!("resource type {other} is not described here"))),
+            other => Err((
+                ResponseError::InvalidRequest,
+                format!("resource type {other} is not described here"),
+            )),
         };
         let mut result = DescribeConfigsResult::default()
             .with_resource_type(r.resource_type)
@@ -60,7 +70,9 @@ pub async fn handle(broker: &Arc<Broker>, req: DescribeConfigsRequest, version: 
             }
             Err((error, text)) => {
                 super::note_error(broker, "DescribeConfigs", error.code());
-                result = result.with_error_code(error.code()).with_error_message(super::message(text));
+                result = result
+                    .with_error_code(error.code())
+                    .with_error_message(super::message(text));
             }
         }
         resp.results.push(result);
@@ -90,7 +102,10 @@ fn to_result(e: Entry, version: i16, synonyms: bool, docs: bool) -> DescribeConf
     out
 }
 
-fn topic_entries(broker: &Broker, overrides: &std::collections::BTreeMap<String, String>) -> Vec<Entry> {
+fn topic_entries(
+    broker: &Broker,
+    overrides: &std::collections::BTreeMap<String, String>,
+) -> Vec<Entry> {
     topic_config::TOPIC_CONFIGS
         .iter()
         .map(|def| {
@@ -128,40 +143,95 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
         FlushPolicy::Interval => i64::MAX.to_string(),
     };
     vec![
-        fixed("broker.id", c.broker_id().to_string(), ConfigType::Int, "this broker's id"),
+        fixed(
+            "broker.id",
+            c.broker_id().to_string(),
+            ConfigType::Int,
+            "this broker's id",
+        ),
         fixed(
             "advertised.listeners",
             format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
             ConfigType::List,
             "address clients are told to use",
         ),
-        fixed("listeners", format!("PLAINTEXT://{}", c.listen), ConfigType::List, "address the broker listens on"),
-        fixed("log.dirs", c.data_dir.display().to_string(), ConfigType::String, "data directory"),
-        fixed("num.partitions", c.num_partitions.to_string(), ConfigType::Int, "partitions of auto-created topics"),
+        fixed(
+            "listeners",
+            format!("PLAINTEXT://{}", c.listen),
+            ConfigType::List,
+            "address the broker listens on",
+        ),
+        fixed(
+            "log.dirs",
+            c.data_dir.display().to_string(),
+            ConfigType::String,
+            "data directory",
+        ),
+        fixed(
+            "num.partitions",
+            c.num_partitions.to_string(),
+            ConfigType::Int,
+            "partitions of auto-created topics",
+        ),
         fixed(
             "auto.create.topics.enable",
             c.auto_create_topics.to_string(),
             ConfigType::Boolean,
             "create topics named in Metadata requests",
         ),
-        fixed("log.segment.bytes", c.log.segment_bytes.to_string(), ConfigType::Int, "segment roll size"),
-        fixed("log.roll.ms", c.log.segment_ms.to_string(), ConfigType::Long, "segment roll age"),
+        fixed(
+            "log.segment.bytes",
+            c.log.segment_bytes.to_string(),
+            ConfigType::Int,
+            "segment roll size",
+        ),
+        fixed(
+            "log.roll.ms",
+            c.log.segment_ms.to_string(),
+            ConfigType::Long,
+            "segment roll age",
+        ),
         fixed(
             "log.index.interval.bytes",
             c.log.index_interval_bytes.to_string(),
             ConfigType::Int,
             "bytes between offset index entries",
         ),
-        fixed("log.flush.interval.messages", flush, ConfigType::Long, "1: fsync before acknowledging"),
+        fixed(
+            "log.flush.interval.messages",
+            flush,
+            ConfigType::Long,
+            "1: fsync before acknowledging",
+        ),
         fixed(
             "log.flush.interval.ms",
             c.log.flush_interval.as_millis().to_string(),
             ConfigType::Long,
             "background fsync period under the interval policy",
         ),
-        fixed("socket.request.max.bytes", c.max_frame_bytes.to_string(), ConfigType::Int, "largest request frame"),
-        fixed("max.connections", c.max_connections.to_string(), ConfigType::Int, "most client connections"),
-        fixed("default.replication.factor", "1".into(), ConfigType::Int, "replicas of auto-created topics"),
-        fixed("message.max.bytes", "1048588".into(), ConfigType::Int, "default max.message.bytes of topics"),
+        fixed(
+            "socket.request.max.bytes",
+            c.max_frame_bytes.to_string(),
+            ConfigType::Int,
+            "largest request frame",
+        ),
+        fixed(
+            "max.connections",
+            c.max_connections.to_string(),
+            ConfigType::Int,
+            "most client connections",
+        ),
+        fixed(
+            "default.replication.factor",
+            "1".into(),
+            ConfigType::Int,
+            "replicas of auto-created topics",
+        ),
+        fixed(
+            "message.max.bytes",
+            "1048588".into(),
+            ConfigType::Int,
+            "default max.message.bytes of topics",
+        ),
     ]
 }

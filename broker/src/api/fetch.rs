@@ -52,7 +52,9 @@ fn has_errors(resp: &FetchResponse) -> bool {
 
 /// One pass over the requested partitions; returns the response and the bytes it carries.
 fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, u64) {
-    let response_max = u64::try_from(req.max_bytes).unwrap_or(0).clamp(1, MAX_RESPONSE_BYTES);
+    let response_max = u64::try_from(req.max_bytes)
+        .unwrap_or(0)
+        .clamp(1, MAX_RESPONSE_BYTES);
     let mut total = 0u64;
     let mut resp = FetchResponse::default();
     for t in &req.topics {
@@ -62,10 +64,17 @@ fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse
             broker.topic(t.topic.as_str())
         };
         // v13+ names topics by id only; keep the resolved name for metrics (not encoded).
-        let name = topic.as_ref().map_or_else(|| t.topic.clone(), |tp| {
-            kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.record.name.clone()))
-        });
-        let mut out = FetchableTopicResponse::default().with_topic(name).with_topic_id(t.topic_id);
+        let name = topic.as_ref().map_or_else(
+            || t.topic.clone(),
+            |tp| {
+                kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(tp.record.name.clone()),
+                )
+            },
+        );
+        let mut out = FetchableTopicResponse::default()
+            .with_topic(name)
+            .with_topic_id(t.topic_id);
         for p in &t.partitions {
             let part_max = u64::try_from(p.partition_max_bytes).unwrap_or(0);
             // KIP-74: the first batch of the response is returned even when over the limits.
@@ -74,7 +83,14 @@ fn read_all(broker: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse
             } else {
                 part_max.min(response_max.saturating_sub(total))
             };
-            let data = read_partition(topic.as_deref(), version, p.partition, p.fetch_offset, budget, total == 0);
+            let data = read_partition(
+                topic.as_deref(),
+                version,
+                p.partition,
+                p.fetch_offset,
+                budget,
+                total == 0,
+            );
             total += data.records.as_ref().map_or(0, |r| r.len() as u64);
             out.partitions.push(data);
         }
@@ -144,8 +160,16 @@ fn count_out(broker: &Broker, resp: &FetchResponse) {
             if records.is_empty() {
                 continue;
             }
-            broker.metrics.bytes_out.with_label_values(&[name]).inc_by(records.len() as u64);
-            broker.metrics.records_out.with_label_values(&[name]).inc_by(count_records(records));
+            broker
+                .metrics
+                .bytes_out
+                .with_label_values(&[name])
+                .inc_by(records.len() as u64);
+            broker
+                .metrics
+                .records_out
+                .with_label_values(&[name])
+                .inc_by(count_records(records));
         }
     }
 }

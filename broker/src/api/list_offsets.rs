@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
@@ -16,7 +18,11 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let topic = broker.topic(t.name.as_str());
@@ -29,7 +35,9 @@ pub async fn handle(broker: &Arc<Broker>, req: ListOffsetsRequest, version: i16)
                 .with_leader_epoch(-1);
             let result = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                 None => base.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(part) if !part.is_leader() => base.with_error_code(ResponseError::NotLeaderOrFollower.code()),
+                Some(part) if !part.is_leader() => {
+                    base.with_error_code(ResponseError::NotLeaderOrFollower.code())
+                }
                 Some(part) => match lookup(part, p.timestamp) {
                     Ok((offset, timestamp)) => {
                         let found = base.with_offset(offset).with_timestamp(timestamp);
@@ -65,7 +73,10 @@ fn lookup(part: &Partition, query: i64) -> Result<(i64, i64), i16> {
             match found {
                 None => Ok((-1, -1)),
                 Some((ts, batch_base)) => {
-                    let batch = part.with_log(|l| l.read_batch_by_time(ts)).map_err(storage)?.map_err(storage)?;
+                    let batch = part
+                        .with_log(|l| l.read_batch_by_time(ts))
+                        .map_err(storage)?
+                        .map_err(storage)?;
                     let offset = batch
                         .and_then(|b| first_record_at_or_after(b, ts))
                         .map_or(batch_base, |(o, _)| o);
@@ -74,7 +85,10 @@ fn lookup(part: &Partition, query: i64) -> Result<(i64, i64), i16> {
             }
         }
         t if t >= 0 => {
-            let batch = part.with_log(|l| l.read_batch_by_time(t)).map_err(storage)?.map_err(storage)?;
+            let batch = part
+                .with_log(|l| l.read_batch_by_time(t))
+                .map_err(storage)?
+                .map_err(storage)?;
             let hw = part.high_watermark();
             match batch.and_then(|b| first_record_at_or_after(b, t)) {
                 Some((offset, ts)) if offset < hw => Ok((offset, ts)),

@@ -16,7 +16,8 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
     let c = &broker.config;
     let me = BrokerId(c.broker_id());
     // Fields a version lacks must keep their defaults, or encoding fails.
-    let mut resp = MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+    let mut resp =
+        MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(me)
             .with_host(StrBytes::from_string(c.advertised_host.clone()))
             .with_port(i32::from(c.advertised_port))]);
@@ -33,7 +34,11 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         Some(t) => Some(t),
     };
     let Some(wanted) = wanted else {
-        resp.topics = broker.topics().iter().map(|t| describe(t, version)).collect();
+        resp.topics = broker
+            .topics()
+            .iter()
+            .map(|t| describe(t, version))
+            .collect();
         return resp;
     };
     // Versions before 4 have no flag: they always ask for auto-creation.
@@ -53,32 +58,58 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
     resp
 }
 
-async fn by_name(broker: &Arc<Broker>, name: &TopicName, allow_create: bool, version: i16) -> MetadataResponseTopic {
+async fn by_name(
+    broker: &Arc<Broker>,
+    name: &TopicName,
+    allow_create: bool,
+    version: i16,
+) -> MetadataResponseTopic {
     if let Some(topic) = broker.topic(name.as_str()) {
         return describe(&topic, version);
     }
     if !allow_create {
-        return error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::UnknownTopicOrPartition);
+        return error_topic(
+            Some(name.clone()),
+            uuid::Uuid::nil(),
+            ResponseError::UnknownTopicOrPartition,
+        );
     }
     let partitions = broker.config.num_partitions;
-    match broker.create_topic(name.as_str(), partitions, BTreeMap::new()).await {
+    match broker
+        .create_topic(name.as_str(), partitions, BTreeMap::new())
+        .await
+    {
         Ok(topic) => describe(&topic, version),
         // Another request created it first.
         Err(BrokerError::TopicExists(_)) => match broker.topic(name.as_str()) {
             Some(topic) => describe(&topic, version),
-            None => error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::LeaderNotAvailable),
+            None => error_topic(
+                Some(name.clone()),
+                uuid::Uuid::nil(),
+                ResponseError::LeaderNotAvailable,
+            ),
         },
-        Err(BrokerError::InvalidTopicName { .. }) => {
-            error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::InvalidTopicException)
-        }
+        Err(BrokerError::InvalidTopicName { .. }) => error_topic(
+            Some(name.clone()),
+            uuid::Uuid::nil(),
+            ResponseError::InvalidTopicException,
+        ),
         Err(e) => {
             tracing::warn!(topic = name.as_str(), error = %e, "auto-creation failed");
-            error_topic(Some(name.clone()), uuid::Uuid::nil(), ResponseError::UnknownServerError)
+            error_topic(
+                Some(name.clone()),
+                uuid::Uuid::nil(),
+                ResponseError::UnknownServerError,
+            )
         }
     }
 }
 
-fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: ResponseError) -> MetadataResponseTopic {
+fn error_topic(
+    name: Option<TopicName>,
+    id: uuid::Uuid,
+    error: ResponseError,
+) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(name)
         .with_topic_id(id)
@@ -110,7 +141,9 @@ pub fn describe(topic: &Topic, version: i16) -> MetadataResponseTopic {
         })
         .collect();
     let out = MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(topic.record.name.clone()))))
+        .with_name(Some(TopicName(StrBytes::from_string(
+            topic.record.name.clone(),
+        ))))
         .with_partitions(partitions)
         .with_topic_authorized_operations(i32::MIN);
     if version >= 10 {

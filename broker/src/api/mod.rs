@@ -16,6 +16,8 @@ mod produce;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::task::JoinHandle;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::StrBytes;
@@ -25,25 +27,35 @@ use crate::protocol::{decode_body, encode_response, FrameError};
 
 pub use api_versions::fallback_response;
 
-/// Handles one parsed request. `Ok(None)` means no response is sent (Produce with acks=0).
-pub async fn dispatch(
+/// A request's answer in the making: the connection's writer awaits these in arrival order.
+pub type Reply = JoinHandle<Result<Option<BytesMut>, FrameError>>;
+
+/// Starts one parsed request. Decoding, and for Produce the queueing of its batches at their
+/// partitions, happen here, before the connection reads its next request, so requests of one
+/// connection take effect in the order they were sent. The rest runs on its own task.
+pub async fn start(
     broker: &Arc<Broker>,
     header: RequestHeader,
     api: ApiKey,
     mut body: Bytes,
-) -> Result<Option<BytesMut>, FrameError> {
+) -> Result<Reply, FrameError> {
     let version = header.request_api_version;
     let cid = header.correlation_id;
     let started = Instant::now();
-    let encode = |r: Result<BytesMut, String>| r.map_err(FrameError::BadHeader);
+    let b = Arc::clone(broker);
     macro_rules! serve {
         ($module:ident) => {{
             let request = decode_body(&mut body, version)?;
-            let response = $module::handle(broker, request, version).await;
-            Some(encode(encode_response(api, version, cid, &response))?)
+            tokio::spawn(async move {
+                let response = $module::handle(&b, request, version).await;
+                let out =
+                    encode_response(api, version, cid, &response).map_err(FrameError::BadHeader)?;
+                observe(&b, api, started);
+                Ok(Some(out))
+            })
         }};
     }
-    let out = match api {
+    Ok(match api {
         ApiKey::ApiVersions => serve!(api_versions),
         ApiKey::Metadata => serve!(metadata),
         ApiKey::CreateTopics => serve!(create_topics),
@@ -56,19 +68,29 @@ pub async fn dispatch(
         ApiKey::DescribeConfigs => serve!(describe_configs),
         ApiKey::Produce => {
             let request = decode_body(&mut body, version)?;
-            match produce::handle(broker, request, version).await {
-                Some(response) => Some(encode(encode_response(api, version, cid, &response))?),
-                None => None,
-            }
+            let queued = produce::queue_all(broker, request, version).await;
+            tokio::spawn(async move {
+                let out = match produce::finish(&b, queued).await {
+                    Some(response) => Some(
+                        encode_response(api, version, cid, &response)
+                            .map_err(FrameError::BadHeader)?,
+                    ),
+                    None => None,
+                };
+                observe(&b, api, started);
+                Ok(out)
+            })
         }
         other => return Err(FrameError::UnknownApi(other as i16)),
-    };
+    })
+}
+
+fn observe(broker: &Broker, api: ApiKey, started: Instant) {
     broker
         .metrics
         .request_seconds
         .with_label_values(&[api_name(api)])
         .observe(started.elapsed().as_secs_f64());
-    Ok(out)
 }
 
 pub fn api_name(api: ApiKey) -> &'static str {

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
@@ -24,7 +26,9 @@ pub async fn handle(
                 .with_end_offset(-1);
             let result = match topic.as_ref().and_then(|tp| tp.partition(p.partition)) {
                 None => base.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(part) if !part.is_leader() => base.with_error_code(ResponseError::NotLeaderOrFollower.code()),
+                Some(part) if !part.is_leader() => {
+                    base.with_error_code(ResponseError::NotLeaderOrFollower.code())
+                }
                 Some(part) => {
                     let current = part.leader_epoch();
                     if p.current_leader_epoch > current {
@@ -32,10 +36,13 @@ pub async fn handle(
                     } else if p.current_leader_epoch >= 0 && p.current_leader_epoch < current {
                         base.with_error_code(ResponseError::FencedLeaderEpoch.code())
                     } else if p.leader_epoch >= current {
-                        base.with_leader_epoch(current).with_end_offset(part.high_watermark())
+                        base.with_leader_epoch(current)
+                            .with_end_offset(part.high_watermark())
                     } else {
                         match part.with_log(|l| l.end_of_epoch(p.leader_epoch)) {
-                            Ok(Some((epoch, end))) => base.with_leader_epoch(epoch).with_end_offset(end),
+                            Ok(Some((epoch, end))) => {
+                                base.with_leader_epoch(epoch).with_end_offset(end)
+                            }
                             Ok(None) => base,
                             Err(_) => base.with_error_code(ResponseError::KafkaStorageError.code()),
                         }

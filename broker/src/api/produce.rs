@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::broker::{Broker, Topic};
 use crate::partition::{Acks, AppendError};
 use crate::storage::batch::{self, BatchError};
+use crate::storage::records::RecordsError;
 
 /// Kafka's default max.message.bytes.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
@@ -23,15 +24,26 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 type Pending = Result<oneshot::Receiver<Result<i64, AppendError>>, i16>;
 
-pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+/// A produce request whose batches are queued at their partitions, awaiting acknowledgement.
+pub struct Queued {
+    topics: Vec<(TopicProduceResponse, Vec<(i32, Pending)>)>,
+    acks: Option<Acks>,
+    timeout_ms: i32,
+    version: i16,
+}
+
+/// Validates every partition's batch and queues it at its partition, in request order.
+/// The connection runs this before reading its next request, so requests pipelined on one
+/// connection are appended in the order they were sent (as Kafka, which handles one request
+/// per connection at a time, guarantees); only the waiting for acks overlaps.
+pub async fn queue_all(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Queued {
     let acks = match req.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
         -1 => Some(Acks::All),
         _ => None,
     };
-    // Queue every partition first (in request order), then await them together.
-    let mut queued: Vec<(TopicProduceResponse, Vec<(i32, Pending)>)> = Vec::new();
+    let mut topics: Vec<(TopicProduceResponse, Vec<(i32, Pending)>)> = Vec::new();
     for td in req.topic_data {
         let topic = if version >= 13 {
             broker.topic_by_id(td.topic_id.as_bytes())
@@ -56,12 +68,28 @@ pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
         if version >= 13 {
             head.topic_id = td.topic_id;
         }
-        queued.push((head, parts));
+        topics.push((head, parts));
     }
+    Queued {
+        topics,
+        acks,
+        timeout_ms: req.timeout_ms,
+        version,
+    }
+}
+
+/// Waits for the queued batches; `None` for acks=0 (no response is sent).
+pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceResponse> {
+    let Queued {
+        topics: queued,
+        acks,
+        timeout_ms,
+        version,
+    } = queued;
     if acks == Some(Acks::None) {
         return None;
     }
-    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0)).min(MAX_TIMEOUT);
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut resp = ProduceResponse::default();
     for (mut head, parts) in queued {
@@ -74,15 +102,23 @@ pub async fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
                     Ok(Ok(r)) => r.map_err(append_error_code),
                 },
             };
-            head.partition_responses.push(partition_response(broker, index, result, version));
+            head.partition_responses
+                .push(partition_response(broker, index, result, version));
         }
         resp.responses.push(head);
     }
     Some(resp)
 }
 
-fn partition_response(broker: &Broker, index: i32, result: Result<i64, i16>, version: i16) -> PartitionProduceResponse {
-    let mut r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+fn partition_response(
+    broker: &Broker,
+    index: i32,
+    result: Result<i64, i16>,
+    version: i16,
+) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_log_append_time_ms(-1);
     if version >= 5 {
         r.log_start_offset = 0;
     }
@@ -96,7 +132,13 @@ fn partition_response(broker: &Broker, index: i32, result: Result<i64, i16>, ver
 }
 
 /// Validates one partition's records and queues them; Err is a Kafka error code.
-async fn queue(broker: &Broker, topic: &Topic, index: i32, records: Option<Bytes>, acks: Acks) -> Pending {
+async fn queue(
+    broker: &Broker,
+    topic: &Topic,
+    index: i32,
+    records: Option<Bytes>,
+    acks: Acks,
+) -> Pending {
     let partition = topic
         .partition(index)
         .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
@@ -114,30 +156,60 @@ async fn queue(broker: &Broker, topic: &Topic, index: i32, records: Option<Bytes
         tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected batch");
         batch_error_code(&e)
     })?;
-    let count = u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
+    crate::storage::records::verify(&records, &header).map_err(|e| {
+        tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected records");
+        records_error_code(&e)
+    })?;
+    let count =
+        u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
     let name = topic.record.name.as_str();
-    broker.metrics.bytes_in.with_label_values(&[name]).inc_by(records.len() as u64);
-    broker.metrics.records_in.with_label_values(&[name]).inc_by(count);
+    broker
+        .metrics
+        .bytes_in
+        .with_label_values(&[name])
+        .inc_by(records.len() as u64);
+    broker
+        .metrics
+        .records_in
+        .with_label_values(&[name])
+        .inc_by(count);
     // The request's buffer is shared; the stamped copy is the one that is stored.
     let owned = BytesMut::from(&records[..]);
-    partition.enqueue(owned, count, acks).await.map_err(append_error_code)
+    partition
+        .enqueue(owned, count, acks)
+        .await
+        .map_err(append_error_code)
 }
 
 fn batch_error_code(e: &BatchError) -> i16 {
     match e {
-        BatchError::Truncated { .. } | BatchError::BadLength(_) | BatchError::CrcMismatch { .. } => {
+        BatchError::Truncated { .. }
+        | BatchError::BadLength(_)
+        | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage.code(),
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+        BatchError::BadRecordCount { .. }
+        | BatchError::NotOneBatch(_)
+        | BatchError::ControlBatch => ResponseError::InvalidRecord.code(),
+    }
+}
+
+fn records_error_code(e: &RecordsError) -> i16 {
+    match e {
+        RecordsError::UnknownCodec(_) => ResponseError::UnsupportedCompressionType.code(),
+        RecordsError::Decompress(_) | RecordsError::TooLarge => {
             ResponseError::CorruptMessage.code()
         }
-        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
-        BatchError::BadRecordCount { .. } | BatchError::NotOneBatch(_) | BatchError::ControlBatch => {
-            ResponseError::InvalidRecord.code()
-        }
+        RecordsError::Malformed { .. }
+        | RecordsError::OffsetDelta { .. }
+        | RecordsError::TrailingBytes { .. } => ResponseError::InvalidRecord.code(),
     }
 }
 
 fn append_error_code(e: AppendError) -> i16 {
     match e {
-        AppendError::NotLeader | AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        AppendError::NotLeader | AppendError::ShuttingDown => {
+            ResponseError::NotLeaderOrFollower.code()
+        }
         AppendError::Sequencer(_) => ResponseError::RequestTimedOut.code(),
         AppendError::Storage(_) => ResponseError::KafkaStorageError.code(),
     }

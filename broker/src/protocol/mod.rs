@@ -47,7 +47,11 @@ pub enum FrameError {
     #[error("unknown API key {0}")]
     UnknownApi(i16),
     #[error("API {api:?} version {version} is not supported (served: {served})")]
-    UnsupportedVersion { api: ApiKey, version: i16, served: String },
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        served: String,
+    },
     #[error("malformed request header: {0}")]
     BadHeader(String),
     #[error("request body rejected: {0}")]
@@ -58,7 +62,11 @@ pub enum FrameError {
 #[derive(Debug)]
 pub enum Parsed {
     /// A request to dispatch: header, API and the (bounds-checked) body.
-    Request { header: RequestHeader, api: ApiKey, body: Bytes },
+    Request {
+        header: RequestHeader,
+        api: ApiKey,
+        body: Bytes,
+    },
     /// ApiVersions at a version we don't know: answer v0 with UNSUPPORTED_VERSION.
     ApiVersionsFallback { correlation_id: i32 },
 }
@@ -89,7 +97,11 @@ pub fn parse_frame(frame: Bytes) -> Result<Parsed, FrameError> {
     let header = RequestHeader::decode(&mut rest, api.request_header_version(version))
         .map_err(|e| FrameError::BadHeader(e.to_string()))?;
     bounds::check_request_body(api_key, version, &rest)?;
-    Ok(Parsed::Request { header, api, body: rest })
+    Ok(Parsed::Request {
+        header,
+        api,
+        body: rest,
+    })
 }
 
 /// Decodes a request body that `parse_frame` accepted.
@@ -144,17 +156,26 @@ mod tests {
     #[test]
     fn short_frames_are_errors_not_panics() {
         for n in 0..MIN_REQUEST {
-            assert!(matches!(parse_frame(Bytes::from(vec![0u8; n])), Err(FrameError::TooShort(_))));
+            assert!(matches!(
+                parse_frame(Bytes::from(vec![0u8; n])),
+                Err(FrameError::TooShort(_))
+            ));
         }
     }
 
     #[test]
     fn unknown_api_and_bad_versions() {
         let mut f = vec![0x27, 0x0f, 0, 0, 0, 0, 0, 1];
-        assert!(matches!(parse_frame(Bytes::from(f.clone())), Err(FrameError::UnknownApi(9999))));
+        assert!(matches!(
+            parse_frame(Bytes::from(f.clone())),
+            Err(FrameError::UnknownApi(9999))
+        ));
         f[0..2].copy_from_slice(&3i16.to_be_bytes());
         f[2..4].copy_from_slice(&99i16.to_be_bytes());
-        assert!(matches!(parse_frame(Bytes::from(f.clone())), Err(FrameError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            parse_frame(Bytes::from(f.clone())),
+            Err(FrameError::UnsupportedVersion { .. })
+        ));
         f[0..2].copy_from_slice(&18i16.to_be_bytes());
         assert!(matches!(
             parse_frame(Bytes::from(f)),
@@ -166,10 +187,17 @@ mod tests {
     fn every_served_version_parses() {
         for v in 0..=4 {
             let f = frame(ApiKey::ApiVersions, v, &ApiVersionsRequest::default());
-            assert!(matches!(parse_frame(f), Ok(Parsed::Request { .. })), "ApiVersions v{v}");
+            assert!(
+                matches!(parse_frame(f), Ok(Parsed::Request { .. })),
+                "ApiVersions v{v}"
+            );
         }
         for v in 0..=13 {
-            let f = frame(ApiKey::Metadata, v, &MetadataRequest::default().with_topics(Some(vec![])));
+            let f = frame(
+                ApiKey::Metadata,
+                v,
+                &MetadataRequest::default().with_topics(Some(vec![])),
+            );
             match parse_frame(f) {
                 Ok(Parsed::Request { header, .. }) => assert_eq!(header.correlation_id, 42),
                 other => panic!("Metadata v{v}: {other:?}"),
@@ -199,9 +227,19 @@ mod tests {
             state
         };
         let mut seeds: Vec<Bytes> = (0..=13)
-            .map(|v| frame(ApiKey::Metadata, v, &MetadataRequest::default().with_topics(None)))
+            .map(|v| {
+                frame(
+                    ApiKey::Metadata,
+                    v,
+                    &MetadataRequest::default().with_topics(None),
+                )
+            })
             .collect();
-        seeds.push(frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()));
+        seeds.push(frame(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        ));
         for i in 0..20_000u32 {
             let candidate = if i % 2 == 0 {
                 let len = (next() % 64) as usize;
@@ -220,8 +258,17 @@ mod tests {
                 raw[at] = next() as u8;
                 Bytes::from(raw)
             };
-            if let Ok(Parsed::Request { header, api, mut body }) = parse_frame(candidate) {
-                let _ = kafka_protocol::messages::RequestKind::decode(api, &mut body, header.request_api_version);
+            if let Ok(Parsed::Request {
+                header,
+                api,
+                mut body,
+            }) = parse_frame(candidate)
+            {
+                let _ = kafka_protocol::messages::RequestKind::decode(
+                    api,
+                    &mut body,
+                    header.request_api_version,
+                );
             }
         }
     }

@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{CommittedLeaderId, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{
+    CommittedLeaderId, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote,
+};
 use tokio::sync::mpsc;
 
 use super::{BatchEntry, Entry, LogId, StorageError, TypeConfig};
@@ -91,7 +93,10 @@ impl LogStore {
         // Non-batch entries past the end of the recovered log were written after batches that
         // a crash tore off; they are not part of the log any more.
         let end = contiguous_end(&shared, &other_indexes, node_id);
-        let stale: Vec<u64> = other_indexes.range(end.map_or(0, |l| l.index + 1)..).copied().collect();
+        let stale: Vec<u64> = other_indexes
+            .range(end.map_or(0, |l| l.index + 1)..)
+            .copied()
+            .collect();
         for idx in stale {
             meta.delete_raft_entry(group, idx).map_err(io_err)?;
             shared.others.remove(&idx);
@@ -100,7 +105,12 @@ impl LogStore {
         shared.other_indexes = other_indexes;
         shared.last_log_id = end.or(shared.last_purged);
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
-        tokio::spawn(run_flusher(rx, config.flush_policy, config.flush_interval, shared.log.active_file()));
+        tokio::spawn(run_flusher(
+            rx,
+            config.flush_policy,
+            config.flush_interval,
+            shared.log.active_file(),
+        ));
         Ok(Self {
             group: group.to_string(),
             node_id,
@@ -178,7 +188,9 @@ async fn run_flusher(
             last_file = Some(Arc::clone(f));
         }
         let result = if policy == FlushPolicy::Always && !files.is_empty() {
-            match tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data())).await {
+            match tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
+                .await
+            {
                 Ok(r) => r,
                 Err(join) => Err(io::Error::other(join.to_string())),
             }
@@ -226,7 +238,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 out.push(e.clone());
                 continue;
             }
-            match shared.log.batch_by_raft_index(idx, &shared.other_indexes).map_err(read_err)? {
+            match shared
+                .log
+                .batch_by_raft_index(idx, &shared.other_indexes)
+                .map_err(read_err)?
+            {
                 Some((found, bytes)) => out.push(Entry {
                     log_id: self.log_id(found.loc.span.leader_epoch.max(0) as u64, idx),
                     payload: EntryPayload::Normal(BatchEntry {
@@ -271,14 +287,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.meta.put_raft(&self.group, "committed", &committed, false).map_err(io_err)
+        self.meta
+            .put_raft(&self.group, "committed", &committed, false)
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.meta.get_raft::<Option<LogId>>(&self.group, "committed").map_err(read_err)?.flatten())
+        Ok(self
+            .meta
+            .get_raft::<Option<LogId>>(&self.group, "committed")
+            .map_err(read_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -296,7 +322,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         }
                     }
                     EntryPayload::Blank | EntryPayload::Membership(_) => {
-                        self.meta.put_raft_entry(&self.group, log_id.index, &entry).map_err(io_err)?;
+                        self.meta
+                            .put_raft_entry(&self.group, log_id.index, &entry)
+                            .map_err(io_err)?;
                         shared.other_indexes.insert(log_id.index);
                         shared.others.insert(log_id.index, entry);
                     }
@@ -313,14 +341,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
-        let doomed: Vec<u64> = shared.other_indexes.range(log_id.index..).copied().collect();
+        let doomed: Vec<u64> = shared
+            .other_indexes
+            .range(log_id.index..)
+            .copied()
+            .collect();
         for idx in doomed {
-            self.meta.delete_raft_entry(&self.group, idx).map_err(io_err)?;
+            self.meta
+                .delete_raft_entry(&self.group, idx)
+                .map_err(io_err)?;
             shared.others.remove(&idx);
             shared.other_indexes.remove(&idx);
         }
         let others = shared.other_indexes.clone();
-        shared.log.truncate_from_raft_index(log_id.index, &others).map_err(io_err)?;
+        shared
+            .log
+            .truncate_from_raft_index(log_id.index, &others)
+            .map_err(io_err)?;
         let end = contiguous_end(&shared, &others, self.node_id);
         shared.last_log_id = end.or(shared.last_purged);
         Ok(())
@@ -329,10 +366,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Segments are removed by retention, not by Raft; only non-batch entries go here.
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
-        self.meta.put_raft(&self.group, "purged", &log_id, true).map_err(io_err)?;
-        let doomed: Vec<u64> = shared.other_indexes.range(..=log_id.index).copied().collect();
+        self.meta
+            .put_raft(&self.group, "purged", &log_id, true)
+            .map_err(io_err)?;
+        let doomed: Vec<u64> = shared
+            .other_indexes
+            .range(..=log_id.index)
+            .copied()
+            .collect();
         for idx in doomed {
-            self.meta.delete_raft_entry(&self.group, idx).map_err(io_err)?;
+            self.meta
+                .delete_raft_entry(&self.group, idx)
+                .map_err(io_err)?;
             shared.others.remove(&idx);
             shared.other_indexes.remove(&idx);
         }
@@ -344,12 +389,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-fn append_batch(log: &mut PartitionLog, log_id: LogId, data: &BatchEntry) -> Result<Arc<File>, StorageError> {
+fn append_batch(
+    log: &mut PartitionLog,
+    log_id: LogId,
+    data: &BatchEntry,
+) -> Result<Arc<File>, StorageError> {
     let header = batch::parse_and_verify(&data.batch).map_err(|e| io_err(io::Error::other(e)))?;
     let mut span = header.span;
     span.leader_epoch = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
-    log.append(log_id.index, &data.batch, span, header.max_timestamp, now_ms())
-        .map_err(|e| StorageIOError::write_log_entry(log_id, &e).into())
+    log.append(
+        log_id.index,
+        &data.batch,
+        span,
+        header.max_timestamp,
+        now_ms(),
+    )
+    .map_err(|e| StorageIOError::write_log_entry(log_id, &e).into())
 }
 
 pub fn now_ms() -> i64 {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
+    BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -86,7 +87,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match entry.payload {
                 EntryPayload::Normal(data) => {
                     if let Ok(span) = batch::read_span(&data.batch) {
-                        self.state.high_watermark = self.state.high_watermark.max(span.last_offset + 1);
+                        self.state.high_watermark =
+                            self.state.high_watermark.max(span.last_offset + 1);
                     }
                 }
                 EntryPayload::Membership(m) => {
@@ -148,7 +150,8 @@ pub struct SnapshotCopy {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotCopy {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = serde_json::to_vec(&self.state).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let data =
+            serde_json::to_vec(&self.state).map_err(|e| StorageIOError::read_state_machine(&e))?;
         let meta = SnapshotMeta {
             last_log_id: self.state.last_applied,
             last_membership: self.state.membership.clone(),

@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api;
@@ -29,7 +28,7 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Frame bytes read per step: memory grows with what arrives, not with what the prefix claims.
 const READ_STEP: usize = 1 << 20;
 
-type Reply = JoinHandle<Result<Option<BytesMut>, FrameError>>;
+use crate::api::Reply;
 
 pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let span = tracing::info_span!("conn", %peer);
@@ -79,18 +78,28 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, broker: &Arc<Broker>, tx: mp
         let max = broker.config.max_frame_bytes;
         let Some(len) = usize::try_from(len).ok().filter(|n| *n <= max) else {
             broker.metrics.rejected_frames.inc();
-            tracing::warn!(length = len, max, "closing connection: frame length outside 0..={max}");
+            tracing::warn!(
+                length = len,
+                max,
+                "closing connection: frame length outside 0..={max}"
+            );
             return;
         };
         // u32 fits: len <= max_frame_bytes <= i32::MAX.
-        let Ok(permit) = Arc::clone(&broker.inflight_bytes).acquire_many_owned(len.max(1) as u32).await else {
+        let Ok(permit) = Arc::clone(&broker.inflight_bytes)
+            .acquire_many_owned(len.max(1) as u32)
+            .await
+        else {
             return;
         };
         let frame = match tokio::time::timeout(FRAME_TIMEOUT, read_frame(&mut rd, len)).await {
             Ok(Ok(f)) => f,
             Ok(Err(_)) => return,
             Err(_) => {
-                tracing::warn!(length = len, "closing connection: frame not received in time");
+                tracing::warn!(
+                    length = len,
+                    "closing connection: frame not received in time"
+                );
                 return;
             }
         };
@@ -100,16 +109,29 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, broker: &Arc<Broker>, tx: mp
                 tracing::warn!(error = %e, "closing connection: bad request");
                 return;
             }
-            Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
-                tokio::spawn(async move { api::fallback_response(correlation_id).map(Some).map_err(FrameError::BadHeader) })
-            }
+            Ok(Parsed::ApiVersionsFallback { correlation_id }) => tokio::spawn(async move {
+                api::fallback_response(correlation_id)
+                    .map(Some)
+                    .map_err(FrameError::BadHeader)
+            }),
             Ok(Parsed::Request { header, api, body }) => {
-                let broker = Arc::clone(broker);
-                tokio::spawn(async move {
-                    let out = api::dispatch(&broker, header, api, body).await;
-                    drop(permit);
-                    out
-                })
+                match api::start(broker, header, api, body).await {
+                    Ok(reply) => {
+                        // The frame's bytes stay counted until its answer is ready.
+                        tokio::spawn(async move {
+                            let out = reply.await;
+                            drop(permit);
+                            out.unwrap_or_else(|e| {
+                                Err(FrameError::BadHeader(format!("handler failed: {e}")))
+                            })
+                        })
+                    }
+                    Err(e) => {
+                        broker.metrics.rejected_frames.inc();
+                        tracing::warn!(error = %e, "closing connection: bad request");
+                        return;
+                    }
+                }
             }
         };
         if tx.send(reply).await.is_err() {

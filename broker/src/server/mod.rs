@@ -10,7 +10,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::broker::Broker;
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(broker.config.max_connections));
     loop {
         let accepted = tokio::select! {

@@ -231,14 +231,20 @@ pub(crate) mod tests {
         let mut b = make_batch(0, 2, 5);
         let last = b.len() - 2;
         b[last] ^= 0xff;
-        assert!(matches!(parse_and_verify(&b), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            parse_and_verify(&b),
+            Err(BatchError::CrcMismatch { .. })
+        ));
     }
 
     #[test]
     fn truncated_and_bad_lengths_are_errors_not_panics() {
         let b = make_batch(0, 2, 5);
         for cut in 0..b.len() {
-            assert!(parse_and_verify(&b[..cut]).is_err(), "prefix {cut} accepted");
+            assert!(
+                parse_and_verify(&b[..cut]).is_err(),
+                "prefix {cut} accepted"
+            );
         }
         let mut neg = b.clone();
         neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
@@ -256,7 +262,10 @@ pub(crate) mod tests {
     fn produce_needs_exactly_one_batch() {
         let mut two = make_batch(0, 1, 5);
         two.extend(make_batch(0, 1, 5));
-        assert_eq!(verify_produce_records(&two), Err(BatchError::NotOneBatch(2)));
+        assert_eq!(
+            verify_produce_records(&two),
+            Err(BatchError::NotOneBatch(2))
+        );
         assert!(verify_produce_records(&make_batch(0, 1, 5)).is_ok());
     }
 
@@ -266,6 +275,9 @@ pub(crate) mod tests {
         b[23..27].copy_from_slice(&5i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[CRC_START..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(parse_and_verify(&b), Err(BatchError::BadRecordCount { .. })));
+        assert!(matches!(
+            parse_and_verify(&b),
+            Err(BatchError::BadRecordCount { .. })
+        ));
     }
 }

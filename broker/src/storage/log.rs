@@ -63,7 +63,8 @@ impl PartitionLog {
         let count = names.len();
         for (i, (base, first_raft)) in names.into_iter().enumerate() {
             let last = i + 1 == count;
-            let (seg, batches) = Segment::open(dir, base, first_raft, config.index_interval_bytes, last)?;
+            let (seg, batches) =
+                Segment::open(dir, base, first_raft, config.index_interval_bytes, last)?;
             for b in &batches {
                 log.note_epoch(b.span.leader_epoch, b.span.base_offset);
             }
@@ -149,7 +150,10 @@ impl PartitionLog {
 
     /// Base offset of the oldest batch, or `None` for an empty log.
     pub fn start_offset(&self) -> Option<i64> {
-        self.segments.values().find(|s| s.size() > 0).map(|s| s.base_offset)
+        self.segments
+            .values()
+            .find(|s| s.size() > 0)
+            .map(|s| s.base_offset)
     }
 
     /// Largest max-timestamp in the log and the base offset of a batch holding it.
@@ -170,7 +174,12 @@ impl PartitionLog {
     /// Reads whole batches starting with the one holding `offset` (or the next one after a gap),
     /// stopping before `limit_offset` (the high watermark) and after `max_bytes`, but always
     /// returning a whole first batch (KIP-74).
-    pub fn read(&self, offset: i64, max_bytes: u64, limit_offset: i64) -> io::Result<Option<ReadResult>> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: u64,
+        limit_offset: i64,
+    ) -> io::Result<Option<ReadResult>> {
         let Some((seg, first)) = self.locate_offset(offset)? else {
             return Ok(None);
         };
@@ -211,14 +220,20 @@ impl PartitionLog {
     pub fn read_batch_by_time(&self, timestamp: i64) -> io::Result<Option<Bytes>> {
         for seg in self.segments.values() {
             if let Some(loc) = seg.find_by_time(timestamp)? {
-                return seg.read(loc.position as u64, loc.span.total_len as u64).map(Some);
+                return seg
+                    .read(loc.position as u64, loc.span.total_len as u64)
+                    .map(Some);
             }
         }
         Ok(None)
     }
 
     /// The batch stored as Raft entry `raft_index`, if it is a batch of this log.
-    pub fn batch_by_raft_index(&self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<Option<(RaftBatch, Bytes)>> {
+    pub fn batch_by_raft_index(
+        &self,
+        raft_index: u64,
+        others: &BTreeSet<u64>,
+    ) -> io::Result<Option<(RaftBatch, Bytes)>> {
         let Some(found) = self.locate_raft_index(raft_index, others)? else {
             return Ok(None);
         };
@@ -230,7 +245,11 @@ impl PartitionLog {
         Ok(Some((found, bytes)))
     }
 
-    fn locate_raft_index(&self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<Option<RaftBatch>> {
+    fn locate_raft_index(
+        &self,
+        raft_index: u64,
+        others: &BTreeSet<u64>,
+    ) -> io::Result<Option<RaftBatch>> {
         if let Some(first) = self.active.first() {
             if raft_index >= first.raft_index {
                 return Ok(self
@@ -240,7 +259,12 @@ impl PartitionLog {
                     .map(|i| self.active[i]));
             }
         }
-        let Some(seg) = self.segments.values().rev().find(|s| s.first_raft_index <= raft_index) else {
+        let Some(seg) = self
+            .segments
+            .values()
+            .rev()
+            .find(|s| s.first_raft_index <= raft_index)
+        else {
             return Ok(None);
         };
         let batches = self.segment_batches(seg, others)?;
@@ -258,11 +282,20 @@ impl PartitionLog {
             });
             pos += span.total_len as u64;
         }
-        Ok(assign_raft_indexes(seg.first_raft_index, seg.base_offset, &locs, others))
+        Ok(assign_raft_indexes(
+            seg.first_raft_index,
+            seg.base_offset,
+            &locs,
+            others,
+        ))
     }
 
     /// Removes every batch whose Raft index is >= `raft_index` (Raft log truncation).
-    pub fn truncate_from_raft_index(&mut self, raft_index: u64, others: &BTreeSet<u64>) -> io::Result<()> {
+    pub fn truncate_from_raft_index(
+        &mut self,
+        raft_index: u64,
+        others: &BTreeSet<u64>,
+    ) -> io::Result<()> {
         let doomed: Vec<i64> = self
             .segments
             .values()
@@ -311,7 +344,12 @@ impl PartitionLog {
     }
 
     fn note_epoch(&mut self, epoch: i32, start_offset: i64) {
-        if self.epochs.keys().next_back().is_none_or(|last| epoch > *last) {
+        if self
+            .epochs
+            .keys()
+            .next_back()
+            .is_none_or(|last| epoch > *last)
+        {
             self.epochs.insert(epoch, start_offset);
         }
     }
@@ -338,7 +376,12 @@ impl PartitionLog {
 }
 
 /// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
-fn assign_raft_indexes(first: u64, segment_base: i64, batches: &[BatchLoc], others: &BTreeSet<u64>) -> Vec<RaftBatch> {
+fn assign_raft_indexes(
+    first: u64,
+    segment_base: i64,
+    batches: &[BatchLoc],
+    others: &BTreeSet<u64>,
+) -> Vec<RaftBatch> {
     let mut next = first;
     batches
         .iter()
@@ -374,7 +417,8 @@ mod tests {
         let mut b = make_batch(0, count, base);
         batch::stamp(&mut b, base, 1);
         let h = batch::parse_and_verify(&b).expect("valid");
-        log.append(raft, &b, h.span, h.max_timestamp, 0).expect("append");
+        log.append(raft, &b, h.span, h.max_timestamp, 0)
+            .expect("append");
     }
 
     #[test]
@@ -397,7 +441,10 @@ mod tests {
         // max_bytes smaller than one batch still yields that batch.
         let r = log.read(0, 1, i64::MAX).expect("io").expect("found");
         assert_eq!(batch::read_span(&r.bytes).expect("span").base_offset, 0);
-        assert_eq!(r.bytes.len(), batch::read_span(&r.bytes).expect("span").total_len);
+        assert_eq!(
+            r.bytes.len(),
+            batch::read_span(&r.bytes).expect("span").total_len
+        );
     }
 
     #[test]
@@ -411,7 +458,10 @@ mod tests {
         drop(log);
         let log = PartitionLog::open(dir.path(), cfg(1 << 20), &others).expect("reopen");
         assert_eq!(log.last_batch().map(|b| b.raft_index), Some(5));
-        let (found, _) = log.batch_by_raft_index(3, &others).expect("io").expect("present");
+        let (found, _) = log
+            .batch_by_raft_index(3, &others)
+            .expect("io")
+            .expect("present");
         assert_eq!(found.loc.span.base_offset, 11);
         assert!(log.batch_by_raft_index(4, &others).expect("io").is_none());
     }

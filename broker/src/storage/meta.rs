@@ -15,9 +15,15 @@ pub enum MetaError {
     #[error("metadata store: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("metadata record {key} is unreadable: {source}")]
-    Decode { key: String, source: serde_json::Error },
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
     #[error("metadata record {key} cannot be encoded: {source}")]
-    Encode { key: String, source: serde_json::Error },
+    Encode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// A topic as stored.
@@ -61,10 +67,14 @@ impl MetaStore {
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, MetaError> {
         match self.db.get(key.as_bytes())? {
             None => Ok(None),
-            Some(raw) => serde_json::from_slice(&raw).map(Some).map_err(|source| MetaError::Decode {
-                key: key.to_string(),
-                source,
-            }),
+            Some(raw) => {
+                serde_json::from_slice(&raw)
+                    .map(Some)
+                    .map_err(|source| MetaError::Decode {
+                        key: key.to_string(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -130,15 +140,30 @@ impl MetaStore {
 
     // ---- raft groups ----
 
-    pub fn put_raft<T: Serialize>(&self, group: &str, field: &str, value: &T, sync: bool) -> Result<(), MetaError> {
+    pub fn put_raft<T: Serialize>(
+        &self,
+        group: &str,
+        field: &str,
+        value: &T,
+        sync: bool,
+    ) -> Result<(), MetaError> {
         self.put(&format!("raft/{group}/{field}"), value, sync)
     }
 
-    pub fn get_raft<T: DeserializeOwned>(&self, group: &str, field: &str) -> Result<Option<T>, MetaError> {
+    pub fn get_raft<T: DeserializeOwned>(
+        &self,
+        group: &str,
+        field: &str,
+    ) -> Result<Option<T>, MetaError> {
         self.get(&format!("raft/{group}/{field}"))
     }
 
-    pub fn put_raft_entry<T: Serialize>(&self, group: &str, index: u64, entry: &T) -> Result<(), MetaError> {
+    pub fn put_raft_entry<T: Serialize>(
+        &self,
+        group: &str,
+        index: u64,
+        entry: &T,
+    ) -> Result<(), MetaError> {
         self.put(&format!("raft/{group}/entry/{index:020}"), entry, true)
     }
 
@@ -168,7 +193,8 @@ impl MetaStore {
         }
         let raw: [u8; 16] = rand::random();
         // Kafka cluster ids are URL-safe base64 of 16 bytes (22 characters).
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut bits: u128 = u128::from_be_bytes(raw);
         let id: String = (0..22)
             .map(|_| {

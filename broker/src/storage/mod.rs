@@ -3,4 +3,5 @@
 pub mod batch;
 pub mod log;
 pub mod meta;
+pub mod records;
 pub mod segment;

@@ -68,7 +68,12 @@ pub fn parse_log_file_name(name: &str) -> Option<(i64, u64)> {
 }
 
 impl Segment {
-    pub fn create(dir: &Path, base_offset: i64, first_raft_index: u64, now_ms: i64) -> io::Result<Self> {
+    pub fn create(
+        dir: &Path,
+        base_offset: i64,
+        first_raft_index: u64,
+        now_ms: i64,
+    ) -> io::Result<Self> {
         let log = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -157,7 +162,13 @@ impl Segment {
     /// Appends one batch stamped with its base offset, writing `span.leader_epoch` into its
     /// partitionLeaderEpoch field on the way (outside the CRC). Returns where it went. Not
     /// synced: the caller decides when.
-    pub fn append(&mut self, data: &[u8], span: BatchSpan, max_timestamp: i64, index_interval: u64) -> io::Result<BatchLoc> {
+    pub fn append(
+        &mut self,
+        data: &[u8],
+        span: BatchSpan,
+        max_timestamp: i64,
+        index_interval: u64,
+    ) -> io::Result<BatchLoc> {
         let position = u32::try_from(self.size)
             .map_err(|_| io::Error::other("segment exceeds 4 GiB; segment-bytes must be lower"))?;
         if data.len() != span.total_len || data.len() < batch::HEADER_LEN {
@@ -167,14 +178,22 @@ impl Segment {
         head.copy_from_slice(&data[..batch::HEADER_LEN]);
         head[12..16].copy_from_slice(&span.leader_epoch.to_be_bytes());
         self.log.write_all_at(&head, self.size)?;
-        self.log.write_all_at(&data[batch::HEADER_LEN..], self.size + batch::HEADER_LEN as u64)?;
+        self.log.write_all_at(
+            &data[batch::HEADER_LEN..],
+            self.size + batch::HEADER_LEN as u64,
+        )?;
         let loc = BatchLoc { position, span };
         self.note_appended(span, max_timestamp, index_interval)?;
         Ok(loc)
     }
 
     /// Updates size, offsets and the sparse indexes after a batch of `span` at `self.size`.
-    fn note_appended(&mut self, span: BatchSpan, max_timestamp: i64, index_interval: u64) -> io::Result<()> {
+    fn note_appended(
+        &mut self,
+        span: BatchSpan,
+        max_timestamp: i64,
+        index_interval: u64,
+    ) -> io::Result<()> {
         let position = self.size as u32;
         if self.index.is_empty() || self.bytes_since_index >= index_interval {
             let entry = IndexEntry {
@@ -236,7 +255,11 @@ impl Segment {
         }
         // Entries are (max timestamp so far, batch); start from the last entry below the target.
         let i = self.time_index.partition_point(|e| e.timestamp < timestamp);
-        let from_offset = if i == 0 { self.base_offset } else { self.time_index[i - 1].offset };
+        let from_offset = if i == 0 {
+            self.base_offset
+        } else {
+            self.time_index[i - 1].offset
+        };
         let mut loc = self.find(from_offset)?;
         while let Some(l) = loc {
             if batch_max_timestamp(&self.log, l.position)? >= timestamp {
@@ -297,7 +320,10 @@ impl Segment {
     }
 
     pub fn remove_files(&self) -> io::Result<()> {
-        std::fs::remove_file(self.dir.join(log_file_name(self.base_offset, self.first_raft_index)))?;
+        std::fs::remove_file(
+            self.dir
+                .join(log_file_name(self.base_offset, self.first_raft_index)),
+        )?;
         let _ = std::fs::remove_file(self.dir.join(format!("{:020}.index", self.base_offset)));
         let _ = std::fs::remove_file(self.dir.join(format!("{:020}.timeindex", self.base_offset)));
         Ok(())
@@ -327,7 +353,9 @@ fn scan(log: &File, verify_crc: bool) -> io::Result<(Vec<BatchLoc>, u64)> {
     let mut prefix = [0u8; OFFSETS_PREFIX_LEN];
     while pos + OFFSETS_PREFIX_LEN as u64 <= len && pos <= u32::MAX as u64 {
         log.read_exact_at(&mut prefix, pos)?;
-        let Ok(span) = batch::read_span(&prefix) else { break };
+        let Ok(span) = batch::read_span(&prefix) else {
+            break;
+        };
         if pos + span.total_len as u64 > len {
             break;
         }
@@ -372,12 +400,29 @@ mod tests {
         for (i, base) in [10i64, 20, 35, 1_000_000_000_000].iter().enumerate() {
             append(&mut seg, *base, 3, 100 + i as i64);
         }
-        assert_eq!(seg.find(11).expect("io").map(|l| l.span.base_offset), Some(10));
-        assert_eq!(seg.find(13).expect("io").map(|l| l.span.base_offset), Some(20));
-        assert_eq!(seg.find(37).expect("io").map(|l| l.span.base_offset), Some(35));
-        assert_eq!(seg.find(38).expect("io").map(|l| l.span.base_offset), Some(1_000_000_000_000));
+        assert_eq!(
+            seg.find(11).expect("io").map(|l| l.span.base_offset),
+            Some(10)
+        );
+        assert_eq!(
+            seg.find(13).expect("io").map(|l| l.span.base_offset),
+            Some(20)
+        );
+        assert_eq!(
+            seg.find(37).expect("io").map(|l| l.span.base_offset),
+            Some(35)
+        );
+        assert_eq!(
+            seg.find(38).expect("io").map(|l| l.span.base_offset),
+            Some(1_000_000_000_000)
+        );
         assert_eq!(seg.find(1_000_000_000_003).expect("io"), None);
-        assert_eq!(seg.find_by_time(102).expect("io").map(|l| l.span.base_offset), Some(35));
+        assert_eq!(
+            seg.find_by_time(102)
+                .expect("io")
+                .map(|l| l.span.base_offset),
+            Some(35)
+        );
         assert_eq!(seg.find_by_time(104).expect("io"), None);
     }
 
@@ -407,7 +452,8 @@ mod tests {
         drop(seg);
         let path = dir.path().join(log_file_name(0, 1));
         let f = OpenOptions::new().write(true).open(&path).expect("open");
-        f.write_all_at(&[0xff], second.position as u64 + 70).expect("corrupt");
+        f.write_all_at(&[0xff], second.position as u64 + 70)
+            .expect("corrupt");
         let (_, batches) = Segment::open(dir.path(), 0, 1, 64, true).expect("open");
         assert_eq!(batches.len(), 1);
     }

@@ -10,14 +10,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use sequencer_p4::pipeline::{Config, Pipeline, Stats};
 use sequencer_p4::wire::{status_flags, Message, MAX_PACKET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Software sequencer switch: the P4 sequencer pipeline over UDP")]
+#[command(
+    version,
+    about = "Software sequencer switch: the P4 sequencer pipeline over UDP"
+)]
 struct Args {
     /// This switch's id in the ring (the controller addresses Install by it).
     #[arg(long, env = "SOFTSWITCH_ID")]
@@ -46,7 +51,9 @@ struct Args {
 fn ipv4(name: &str, addr: SocketAddr) -> anyhow::Result<SocketAddrV4> {
     match addr {
         SocketAddr::V4(a) => Ok(a),
-        SocketAddr::V6(_) => bail!("--{name} {addr}: the sequencer wire format carries IPv4 addresses only"),
+        SocketAddr::V6(_) => {
+            bail!("--{name} {addr}: the sequencer wire format carries IPv4 addresses only")
+        }
     }
 }
 
@@ -77,11 +84,14 @@ async fn main() -> anyhow::Result<()> {
         controller: args.controller.map(|a| ipv4("controller", a)).transpose()?,
         default_successor: args.next_hop.map(|a| ipv4("next-hop", a)).transpose()?,
     };
-    let sock = UdpSocket::bind(listen).await.with_context(|| format!("--listen {listen}: cannot bind"))?;
+    let sock = UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot bind"))?;
     let metrics = Arc::new(Metrics::new()?);
     if let Some(addr) = args.metrics_listen {
-        let listener =
-            TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}: cannot bind"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?;
         tokio::spawn(serve_metrics(listener, Arc::clone(&metrics)));
     }
     tracing::info!(id = cfg.switch_id, boot = format!("{boot:#018x}"), %listen, ?cfg.default_successor,
@@ -96,7 +106,10 @@ async fn run(sock: UdpSocket, mut pipeline: Pipeline, metrics: &Metrics) -> anyh
     // Room for one byte more than the largest packet, so an oversized one is seen as such.
     let mut buf = [0u8; MAX_PACKET + 1];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut synced = Synced { stats: Stats::default(), at: Instant::now() };
+    let mut synced = Synced {
+        stats: Stats::default(),
+        at: Instant::now(),
+    };
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     loop {
@@ -141,19 +154,31 @@ fn handle(
         }
     };
     metrics.packets_in.with_label_values(&[msg.name()]).inc();
-    if matches!(msg, Message::Seal(_) | Message::Install(_) | Message::Inject(_)) {
+    if matches!(
+        msg,
+        Message::Seal(_) | Message::Install(_) | Message::Inject(_)
+    ) {
         tracing::info!(%from, ?msg, "control message");
     }
     let epoch_before = pipeline.status().epoch;
     let out = pipeline.process(from, &msg);
     let status = pipeline.status();
     if status.epoch != epoch_before {
-        tracing::info!(epoch = status.epoch, head = status.flags & status_flags::HEAD != 0, "epoch installed");
+        tracing::info!(
+            epoch = status.epoch,
+            head = status.flags & status_flags::HEAD != 0,
+            "epoch installed"
+        );
     }
     Some(out)
 }
 
-async fn send_all(sock: &UdpSocket, out: Vec<(SocketAddrV4, Message)>, buf: &mut Vec<u8>, metrics: &Metrics) {
+async fn send_all(
+    sock: &UdpSocket,
+    out: Vec<(SocketAddrV4, Message)>,
+    buf: &mut Vec<u8>,
+    metrics: &Metrics,
+) {
     for (to, msg) in out {
         buf.clear();
         msg.encode(buf);
@@ -208,23 +233,49 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let packets_in =
-            IntCounterVec::new(Opts::new("seq_packets_in_total", "Sequencer packets received, by type"), &["type"])?;
+        let packets_in = IntCounterVec::new(
+            Opts::new(
+                "seq_packets_in_total",
+                "Sequencer packets received, by type",
+            ),
+            &["type"],
+        )?;
         registry.register(Box::new(packets_in.clone()))?;
         Ok(Self {
             epoch: int_gauge("seq_epoch", "Installed epoch (0 = none since start)")?,
             sealed: int_gauge("seq_sealed", "1 if the installed epoch is sealed")?,
             token_visits: counter("seq_token_visits_total", "Token visits accepted")?,
-            rotations: counter("seq_token_rotations_total", "Token visits at the head switch (full rotations)")?,
-            numbers: counter("seq_numbers_total", "Global numbers assigned at this switch")?,
-            nonempty_visits: counter("seq_nonempty_visits_total", "Token visits that announced numbers")?,
+            rotations: counter(
+                "seq_token_rotations_total",
+                "Token visits at the head switch (full rotations)",
+            )?,
+            numbers: counter(
+                "seq_numbers_total",
+                "Global numbers assigned at this switch",
+            )?,
+            nonempty_visits: counter(
+                "seq_nonempty_visits_total",
+                "Token visits that announced numbers",
+            )?,
             tickets: counter("seq_tickets_total", "Requests given a new ticket")?,
-            grants: counter("seq_grants_total", "Retransmitted requests answered with their numbers")?,
+            grants: counter(
+                "seq_grants_total",
+                "Retransmitted requests answered with their numbers",
+            )?,
             rejects: counter("seq_rejects_total", "Requests rejected")?,
-            tokens_dropped: counter("seq_tokens_dropped_total", "Tokens of a newer epoch dropped (not installed)")?,
-            rotations_per_sec: gauge("seq_token_rotations_per_second", "Rotations/s over the last second")?,
+            tokens_dropped: counter(
+                "seq_tokens_dropped_total",
+                "Tokens of a newer epoch dropped (not installed)",
+            )?,
+            rotations_per_sec: gauge(
+                "seq_token_rotations_per_second",
+                "Rotations/s over the last second",
+            )?,
             numbers_per_sec: gauge("seq_numbers_per_second", "Numbers/s over the last second")?,
-            batch_per_visit: gauge("seq_batch_per_visit", "Mean numbers per non-empty visit, last second")?,
+            batch_per_visit: gauge(
+                "seq_batch_per_visit",
+                "Mean numbers per non-empty visit, last second",
+            )?,
             decode_errors: counter("seq_decode_errors_total", "Packets dropped as undecodable")?,
             send_errors: counter("seq_send_errors_total", "Packets the OS refused to send")?,
             packets_in,
@@ -237,23 +288,35 @@ impl Metrics {
         let now = pipeline.stats();
         let prev = last.stats;
         let secs = last.at.elapsed().as_secs_f64().max(1e-3);
-        self.token_visits.inc_by(now.token_visits - prev.token_visits);
+        self.token_visits
+            .inc_by(now.token_visits - prev.token_visits);
         self.rotations.inc_by(now.rotations - prev.rotations);
         self.numbers.inc_by(now.numbers - prev.numbers);
-        self.nonempty_visits.inc_by(now.nonempty_visits - prev.nonempty_visits);
+        self.nonempty_visits
+            .inc_by(now.nonempty_visits - prev.nonempty_visits);
         self.tickets.inc_by(now.tickets - prev.tickets);
         self.grants.inc_by(now.grants - prev.grants);
         self.rejects.inc_by(now.rejects - prev.rejects);
-        self.tokens_dropped.inc_by(now.tokens_dropped - prev.tokens_dropped);
+        self.tokens_dropped
+            .inc_by(now.tokens_dropped - prev.tokens_dropped);
         let visits = now.nonempty_visits - prev.nonempty_visits;
         let numbers = now.numbers - prev.numbers;
-        self.rotations_per_sec.set((now.rotations - prev.rotations) as f64 / secs);
+        self.rotations_per_sec
+            .set((now.rotations - prev.rotations) as f64 / secs);
         self.numbers_per_sec.set(numbers as f64 / secs);
-        self.batch_per_visit.set(if visits == 0 { 0.0 } else { numbers as f64 / visits as f64 });
+        self.batch_per_visit.set(if visits == 0 {
+            0.0
+        } else {
+            numbers as f64 / visits as f64
+        });
         let status = pipeline.status();
         self.epoch.set(i64::from(status.epoch));
-        self.sealed.set(i64::from(status.flags & status_flags::SEALED != 0));
-        *last = Synced { stats: now, at: Instant::now() };
+        self.sealed
+            .set(i64::from(status.flags & status_flags::SEALED != 0));
+        *last = Synced {
+            stats: now,
+            at: Instant::now(),
+        };
     }
 
     fn render(&self) -> Vec<u8> {
@@ -272,7 +335,9 @@ const MAX_METRICS_CONNECTIONS: usize = 16;
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -282,7 +347,8 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let served = tokio::time::timeout(Duration::from_secs(5), serve_one(stream, &metrics)).await;
+            let served =
+                tokio::time::timeout(Duration::from_secs(5), serve_one(stream, &metrics)).await;
             if !matches!(served, Ok(Ok(()))) {
                 tracing::debug!("metrics request failed or timed out");
             }
@@ -303,7 +369,8 @@ async fn serve_one(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<
         head.extend_from_slice(&chunk[..n]);
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let (status, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?") {
+    let (status, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?")
+    {
         ("200 OK", metrics.render())
     } else {
         ("404 Not Found", b"only /metrics is served\n".to_vec())
