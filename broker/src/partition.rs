@@ -288,7 +288,14 @@ async fn submit(raft: &PartitionRaft, mut req: AppendRequest, base_offset: i64) 
     let reply = req.reply;
     tokio::spawn(async move {
         let result = match appended {
-            Some(appended) => appended.await.map_err(|_| AppendError::NotLeader),
+            Some(appended) => {
+                let r = appended.await.map_err(|_| AppendError::NotLeader);
+                let _ = reply.send(r.map(|()| base_offset));
+                // Keep the commit receiver alive until Raft answers: openraft logs a warning
+                // for every response nobody waits for.
+                let _ = committed.await;
+                return;
+            }
             None => match committed.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(AppendError::NotLeader),

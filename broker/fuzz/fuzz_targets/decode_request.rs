@@ -12,8 +12,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(broker::protocol::Parsed::Request { header, api, mut body }) =
-        broker::protocol::parse_frame(bytes::Bytes::copy_from_slice(data))
+    if let Ok(broker::protocol::Parsed::Request {
+        header,
+        api,
+        mut body,
+    }) = broker::protocol::parse_frame(bytes::Bytes::copy_from_slice(data))
     {
         let _ = kafka_protocol::messages::RequestKind::decode(
             api,

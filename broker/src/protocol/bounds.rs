@@ -46,6 +46,8 @@ pub enum BoundsError {
         declared: u32,
         actual: usize,
     },
+    #[error("request has more than {MAX_ELEMENTS} array elements in all")]
+    TooManyElements,
     #[error("api key {api_key} version {version} is not supported")]
     UnsupportedApi { api_key: i16, version: i16 },
 }
@@ -67,6 +69,7 @@ fn walk_body(api_key: i16, version: i16, body: &[u8]) -> Result<usize, BoundsErr
         rest: body,
         version,
         flexible: version >= api.flexible_since,
+        elements: 0,
     };
     walker.walk_struct(api.body)?;
     Ok(body.len() - walker.rest.len())
@@ -386,10 +389,18 @@ enum Prefix {
     I32,
 }
 
+/// Most array elements one request may hold, over all its arrays. A decoded element takes up
+/// to ~36x its smallest wire size (a 2-byte Metadata topic becomes a 72-byte struct), so the
+/// per-array check alone would let a 100 MiB frame allocate ~3.8 GB. Real requests stay far
+/// below this: a broker hosts at most 20,000 partitions.
+pub const MAX_ELEMENTS: u64 = 100_000;
+
 struct Walker<'a> {
     rest: &'a [u8],
     version: i16,
     flexible: bool,
+    /// Array elements seen so far, over all arrays of the request.
+    elements: u64,
 }
 
 impl<'a> Walker<'a> {
@@ -519,6 +530,10 @@ impl<'a> Walker<'a> {
                         remaining,
                     });
                 }
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_ELEMENTS {
+                    return Err(BoundsError::TooManyElements);
+                }
                 for _ in 0..count {
                     self.walk(field, elem)?;
                 }
@@ -564,6 +579,7 @@ impl<'a> Walker<'a> {
                     ..*self
                 };
                 inner.walk(field.name, &field.ty)?;
+                self.elements = inner.elements;
                 if !inner.rest.is_empty() {
                     return Err(BoundsError::TaggedFieldSize {
                         field: field.name,
@@ -1316,5 +1332,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn element_total_is_capped_against_memory_amplification() {
+        // Metadata v9 (flexible): null-named topics are 2 wire bytes but 72 decoded bytes.
+        let topics = |n: u32| {
+            let mut body = Vec::new();
+            let mut v = n + 1;
+            while v >= 0x80 {
+                body.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            body.push(v as u8);
+            for _ in 0..n {
+                body.extend_from_slice(&[0x00, 0x00]);
+            }
+            body.extend_from_slice(&[1, 0, 0, 0]);
+            body
+        };
+        let over = topics(MAX_ELEMENTS as u32 + 1);
+        assert_eq!(
+            check_request_body(3, 9, &over),
+            Err(BoundsError::TooManyElements)
+        );
     }
 }

@@ -23,8 +23,8 @@ use kafka_protocol::messages::{
     api_versions_request::ApiVersionsRequest, create_partitions_request as cp,
     create_topics_request as ct, delete_topics_request as dt, describe_cluster_request as dc,
     describe_configs_request as dcfg, fetch_request as fe, list_offsets_request as lo,
-    metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
-    ApiKey, BrokerId, RequestHeader, RequestKind, TopicName, TransactionalId,
+    metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr, ApiKey,
+    BrokerId, RequestHeader, RequestKind, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use kafka_protocol::records::{
@@ -115,10 +115,8 @@ fn produce(v: i16) -> pr::ProduceRequest {
             .with_records(records)
     };
     let topic_data = |name, n| {
-        let t = pr::TopicProduceData::default().with_partition_data(vec![
-            partition(0, Some(batch.clone())),
-            partition(1, None),
-        ]);
+        let t = pr::TopicProduceData::default()
+            .with_partition_data(vec![partition(0, Some(batch.clone())), partition(1, None)]);
         if v <= 12 {
             t.with_name(topic(name))
         } else {
@@ -126,7 +124,11 @@ fn produce(v: i16) -> pr::ProduceRequest {
         }
     };
     pr::ProduceRequest::default()
-        .with_transactional_id(if v == 9 { None } else { Some(TransactionalId(s("txn-1"))) })
+        .with_transactional_id(if v == 9 {
+            None
+        } else {
+            Some(TransactionalId(s("txn-1")))
+        })
         .with_acks(-1)
         .with_timeout_ms(1500)
         .with_topic_data(vec![topic_data("orders", 1), topic_data("payments", 2)])
@@ -354,7 +356,8 @@ fn create_partitions() -> cp::CreatePartitionsRequest {
 }
 
 fn describe_cluster(v: i16) -> dc::DescribeClusterRequest {
-    let req = dc::DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
+    let req =
+        dc::DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
     if v >= 2 {
         req.with_endpoint_type(1).with_include_fenced_brokers(true)
     } else {
@@ -372,7 +375,11 @@ fn main() {
     std::fs::create_dir_all(&out).expect("create corpus dir");
     for entry in std::fs::read_dir(&out).expect("read corpus dir") {
         let path = entry.expect("dir entry").path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seed-")) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("seed-"))
+        {
             std::fs::remove_file(&path).expect("remove old seed");
         }
     }
@@ -408,23 +415,43 @@ fn main() {
         add("delete_topics", v, frame(v, &delete_topics(v), next()));
     }
     for v in [2, 4] {
-        add("offset_for_leader_epoch", v, frame(v, &offset_for_leader_epoch(v), next()));
+        add(
+            "offset_for_leader_epoch",
+            v,
+            frame(v, &offset_for_leader_epoch(v), next()),
+        );
     }
     for v in [1, 4] {
-        add("describe_configs", v, frame(v, &describe_configs(v), next()));
+        add(
+            "describe_configs",
+            v,
+            frame(v, &describe_configs(v), next()),
+        );
     }
     for v in [0, 3] {
-        add("create_partitions", v, frame(v, &create_partitions(), next()));
+        add(
+            "create_partitions",
+            v,
+            frame(v, &create_partitions(), next()),
+        );
     }
     for v in [0, 2] {
-        add("describe_cluster", v, frame(v, &describe_cluster(v), next()));
+        add(
+            "describe_cluster",
+            v,
+            frame(v, &describe_cluster(v), next()),
+        );
     }
 
     let mut total = 0;
     for (name, bytes) in &seeds {
         // Every seed must take the whole path the fuzz target exercises.
         match protocol::parse_frame(Bytes::from(bytes.clone())) {
-            Ok(protocol::Parsed::Request { header, api, mut body }) => {
+            Ok(protocol::Parsed::Request {
+                header,
+                api,
+                mut body,
+            }) => {
                 if let Err(e) = RequestKind::decode(api, &mut body, header.request_api_version) {
                     panic!("{name}: accepted by parse_frame but does not decode: {e}");
                 }
@@ -434,5 +461,9 @@ fn main() {
         std::fs::write(out.join(name), bytes).expect("write seed");
         total += bytes.len();
     }
-    println!("wrote {} seeds ({total} bytes) to {}", seeds.len(), out.display());
+    println!(
+        "wrote {} seeds ({total} bytes) to {}",
+        seeds.len(),
+        out.display()
+    );
 }
