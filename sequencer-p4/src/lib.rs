@@ -3,6 +3,7 @@
 //! deterministic simulation of a whole ring under faults ([`sim`]). The P4 program is
 //! `p4/sequencer.p4`; the protocol is written down in `PROTOCOL.md`.
 
+pub mod config;
 pub mod pipeline;
 pub mod sim;
 pub mod wire;
