@@ -80,29 +80,20 @@ impl LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, e))
             .collect();
-        let mut other_indexes: BTreeSet<u64> = others.keys().copied().collect();
+        let other_indexes: BTreeSet<u64> = others.keys().copied().collect();
         let log = PartitionLog::open(dir, config, &other_indexes).map_err(read_err)?;
         let last_purged: Option<LogId> = meta.get_raft(group, "purged").map_err(read_err)?;
         let mut shared = LogShared {
             log,
             others,
-            other_indexes: BTreeSet::new(),
+            other_indexes,
             last_purged,
             last_log_id: None,
         };
         // Non-batch entries past the end of the recovered log were written after batches that
         // a crash tore off; they are not part of the log any more.
-        let end = contiguous_end(&shared, &other_indexes, node_id);
-        let stale: Vec<u64> = other_indexes
-            .range(end.map_or(0, |l| l.index + 1)..)
-            .copied()
-            .collect();
-        for idx in stale {
-            meta.delete_raft_entry(group, idx).map_err(io_err)?;
-            shared.others.remove(&idx);
-            other_indexes.remove(&idx);
-        }
-        shared.other_indexes = other_indexes;
+        let end = contiguous_end(&shared, node_id);
+        forget_others(&meta, group, &mut shared, end.map_or(0, |l| l.index + 1)..)?;
         shared.last_log_id = end.or(shared.last_purged);
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(run_flusher(
@@ -130,7 +121,7 @@ impl LogStore {
 }
 
 /// The last log id of the gap-free run of entries starting at the earliest known entry.
-fn contiguous_end(shared: &LogShared, others: &BTreeSet<u64>, node_id: u64) -> Option<LogId> {
+fn contiguous_end(shared: &LogShared, node_id: u64) -> Option<LogId> {
     let last_batch = shared.log.last_batch();
     let mut candidates: Vec<LogId> = Vec::new();
     if let Some(b) = last_batch {
@@ -142,7 +133,7 @@ fn contiguous_end(shared: &LogShared, others: &BTreeSet<u64>, node_id: u64) -> O
     // Non-batch entries directly following the last batch (or forming the whole log) extend it.
     let mut next = last_batch.map(|b| b.raft_index + 1);
     if next.is_none() {
-        next = others.iter().next().copied();
+        next = shared.other_indexes.iter().next().copied();
     }
     if let Some(mut idx) = next {
         while let Some(e) = shared.others.get(&idx) {
@@ -341,24 +332,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
-        let doomed: Vec<u64> = shared
-            .other_indexes
-            .range(log_id.index..)
-            .copied()
-            .collect();
-        for idx in doomed {
-            self.meta
-                .delete_raft_entry(&self.group, idx)
-                .map_err(io_err)?;
-            shared.others.remove(&idx);
-            shared.other_indexes.remove(&idx);
-        }
+        forget_others(&self.meta, &self.group, &mut shared, log_id.index..)?;
         let others = shared.other_indexes.clone();
         shared
             .log
             .truncate_from_raft_index(log_id.index, &others)
             .map_err(io_err)?;
-        let end = contiguous_end(&shared, &others, self.node_id);
+        let end = contiguous_end(&shared, self.node_id);
         shared.last_log_id = end.or(shared.last_purged);
         Ok(())
     }
@@ -369,24 +349,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .put_raft(&self.group, "purged", &log_id, true)
             .map_err(io_err)?;
-        let doomed: Vec<u64> = shared
-            .other_indexes
-            .range(..=log_id.index)
-            .copied()
-            .collect();
-        for idx in doomed {
-            self.meta
-                .delete_raft_entry(&self.group, idx)
-                .map_err(io_err)?;
-            shared.others.remove(&idx);
-            shared.other_indexes.remove(&idx);
-        }
+        forget_others(&self.meta, &self.group, &mut shared, ..=log_id.index)?;
         shared.last_purged = Some(log_id);
         if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
             shared.last_log_id = Some(log_id);
         }
         Ok(())
     }
+}
+
+/// Deletes the non-batch entries with indexes in `range`, from RocksDB and from memory.
+fn forget_others(
+    meta: &MetaStore,
+    group: &str,
+    shared: &mut LogShared,
+    range: impl RangeBounds<u64>,
+) -> Result<(), StorageError> {
+    let doomed: Vec<u64> = shared.other_indexes.range(range).copied().collect();
+    for idx in doomed {
+        meta.delete_raft_entry(group, idx).map_err(io_err)?;
+        shared.others.remove(&idx);
+        shared.other_indexes.remove(&idx);
+    }
+    Ok(())
 }
 
 fn append_batch(

@@ -80,24 +80,9 @@ impl Segment {
             .read(true)
             .write(true)
             .open(dir.join(log_file_name(base_offset, first_raft_index)))?;
-        let (index_file, time_index_file) = open_index_files(dir, base_offset, true)?;
         // The new name must survive a crash before any data is acknowledged from it.
         File::open(dir)?.sync_all()?;
-        Ok(Self {
-            base_offset,
-            first_raft_index,
-            dir: dir.to_path_buf(),
-            log: Arc::new(log),
-            size: 0,
-            index: Vec::new(),
-            index_file,
-            time_index: Vec::new(),
-            time_index_file,
-            bytes_since_index: 0,
-            last_offset: base_offset - 1,
-            max_timestamp: -1,
-            created_ms: now_ms,
-        })
+        Self::empty(dir, base_offset, first_raft_index, log, now_ms)
     }
 
     /// Opens an existing segment. Every batch is re-read: a torn or corrupt tail (a crash in the
@@ -128,8 +113,24 @@ impl Segment {
             log.set_len(valid_len)?;
             log.sync_all()?;
         }
+        let mut segment = Self::empty(dir, base_offset, first_raft_index, log, created_ms)?;
+        for loc in &batches {
+            let ts = batch_max_timestamp(&segment.log, loc.position)?;
+            segment.note_appended(loc.span, ts, index_interval)?;
+        }
+        Ok((segment, batches))
+    }
+
+    /// A segment over `log` with fresh (truncated) index files and no batches noted yet.
+    fn empty(
+        dir: &Path,
+        base_offset: i64,
+        first_raft_index: u64,
+        log: File,
+        created_ms: i64,
+    ) -> io::Result<Self> {
         let (index_file, time_index_file) = open_index_files(dir, base_offset, true)?;
-        let mut segment = Self {
+        Ok(Self {
             base_offset,
             first_raft_index,
             dir: dir.to_path_buf(),
@@ -143,12 +144,7 @@ impl Segment {
             last_offset: base_offset - 1,
             max_timestamp: -1,
             created_ms,
-        };
-        for loc in &batches {
-            let ts = batch_max_timestamp(&segment.log, loc.position)?;
-            segment.note_appended(loc.span, ts, index_interval)?;
-        }
-        Ok((segment, batches))
+        })
     }
 
     pub fn size(&self) -> u64 {
