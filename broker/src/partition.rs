@@ -211,14 +211,6 @@ impl Partition {
         Ok(f(&shared.log))
     }
 
-    /// Highest offset stored (for the sequencer floor at start).
-    pub fn log_end_offset(&self) -> i64 {
-        self.with_log(|l| l.end_offset())
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    }
-
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "raft shutdown");

@@ -77,10 +77,6 @@ impl PartitionLog {
         Ok(log)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Appends a stamped batch as Raft entry `raft_index`. Returns the file that now holds
     /// unsynced data.
     pub fn append(
@@ -363,11 +359,6 @@ impl PartitionLog {
             None => self.end_offset()?,
         };
         Some((found, end))
-    }
-
-    /// Total bytes on disk (for metrics and DescribeLogDirs later).
-    pub fn size_bytes(&self) -> u64 {
-        self.segments.values().map(Segment::size).sum()
     }
 
     pub fn segment_count(&self) -> usize {
