@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{BrokerConfig, LogConfig};
+use crate::config::{BrokerConfig, LogConfig, SequencerKind};
 use crate::metrics::Metrics;
 use crate::partition::{Partition, PartitionEnv};
-use crate::sequencer::{LocalSequencer, SequencerClient};
+use crate::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
+use crate::sequencer::{LocalSequencer, Sequencer, SequencerClient};
 use crate::storage::meta::{MetaError, MetaStore, TopicRecord};
 use crate::topic_config;
 
@@ -83,12 +84,23 @@ impl Broker {
         // The sequencer must start above every stored offset; partitions open first with a
         // sequencer client whose numbers are only requested once they lead.
         let floor = scan_max_offset(&config, &records)?;
-        let sequencer = LocalSequencer::open(Arc::clone(&meta), floor)?;
-        let client = SequencerClient::start(
-            Arc::new(sequencer),
-            config.sequencer_window,
-            Arc::clone(&metrics),
-        );
+        let sequencer: Arc<dyn Sequencer> = match config.sequencer {
+            SequencerKind::Local => Arc::new(LocalSequencer::open(Arc::clone(&meta), floor)?),
+            SequencerKind::Ring => Arc::new(
+                RingSequencer::start(
+                    ConfigSource::Controllers(config.ring_controllers.clone()),
+                    config.ring_listen,
+                    config.node_id,
+                    floor,
+                    RingOptions::default(),
+                    Arc::clone(&metrics),
+                )
+                .await
+                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
+            ),
+        };
+        let client =
+            SequencerClient::start(sequencer, config.sequencer_window, Arc::clone(&metrics));
         let inflight = (config.max_frame_bytes * 4).max(256 << 20);
         let broker = Arc::new(Self {
             inflight_bytes: Arc::new(Semaphore::new(inflight.min(Semaphore::MAX_PERMITS))),

@@ -20,6 +20,16 @@ pub enum FlushPolicy {
     Interval,
 }
 
+/// Where global sequence numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequencerKind {
+    /// In-process counter with a lease in the metadata store (single broker).
+    Local,
+    /// The switch ring (`sequencer-p4`), configured by the ring controllers.
+    Ring,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -63,6 +73,9 @@ struct FileConfig {
     flush_policy: Option<FlushPolicy>,
     flush_interval_ms: Option<u64>,
     sequencer_window_us: Option<u64>,
+    sequencer: Option<SequencerKind>,
+    ring_controllers: Option<String>,
+    ring_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
 }
 
@@ -126,6 +139,18 @@ pub struct Args {
     /// (send at once; requests arriving while one is in flight are batched into the next).
     #[arg(long, env = "BROKER_SEQUENCER_WINDOW_US")]
     pub sequencer_window_us: Option<u64>,
+    /// Source of global sequence numbers: local (in-process) or ring (switch ring). Default
+    /// local.
+    #[arg(long, env = "BROKER_SEQUENCER", value_enum)]
+    pub sequencer: Option<SequencerKind>,
+    /// Ring controller admin addresses (host:port,...), asked for `GET /ring`. Required with
+    /// --sequencer ring.
+    #[arg(long, env = "BROKER_RING_CONTROLLERS")]
+    pub ring_controllers: Option<String>,
+    /// UDP address the ring client binds (requests go out, announcements come back).
+    /// Default 0.0.0.0:0.
+    #[arg(long, env = "BROKER_RING_LISTEN")]
+    pub ring_listen: Option<SocketAddr>,
     /// Log output format.
     #[arg(long, env = "BROKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -146,6 +171,10 @@ pub struct BrokerConfig {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub sequencer_window: Duration,
+    pub sequencer: SequencerKind,
+    /// Controller admin addresses (only used with `SequencerKind::Ring`).
+    pub ring_controllers: Vec<String>,
+    pub ring_listen: SocketAddr,
     pub log_format: LogFormat,
 }
 
@@ -247,6 +276,25 @@ impl BrokerConfig {
                     .or(file.sequencer_window_us)
                     .unwrap_or(0),
             ),
+            sequencer: args
+                .sequencer
+                .or(file.sequencer)
+                .unwrap_or(SequencerKind::Local),
+            ring_controllers: args
+                .ring_controllers
+                .or(file.ring_controllers)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ring_listen: args
+                .ring_listen
+                .or(file.ring_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -297,6 +345,17 @@ impl BrokerConfig {
         }
         if self.advertised_host.is_empty() {
             return invalid("advertised-host", "must not be empty".into());
+        }
+        if self.sequencer == SequencerKind::Ring {
+            if self.ring_controllers.is_empty() {
+                return invalid(
+                    "ring-controllers",
+                    "--sequencer ring needs at least one controller host:port".into(),
+                );
+            }
+            if let Some(bad) = self.ring_controllers.iter().find(|a| !a.contains(':')) {
+                return invalid("ring-controllers", format!("`{bad}` is not host:port"));
+            }
         }
         if self.node_id > i32::MAX as u64 {
             return invalid(
@@ -372,5 +431,27 @@ mod tests {
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "num-partiton = 4\n").expect("write");
         assert!(parse(&["--config", path.to_str().expect("utf8")]).is_err());
+    }
+
+    #[test]
+    fn ring_sequencer_flags() {
+        assert_eq!(
+            parse(&[]).expect("defaults").sequencer,
+            SequencerKind::Local
+        );
+        let err = parse(&["--sequencer", "ring"]).expect_err("ring needs controllers");
+        assert!(err.to_string().contains("ring-controllers"), "{err}");
+        let c = parse(&[
+            "--sequencer",
+            "ring",
+            "--ring-controllers",
+            "127.0.0.1:7700, 127.0.0.1:7701",
+            "--ring-listen",
+            "127.0.0.1:0",
+        ])
+        .expect("valid");
+        assert_eq!(c.sequencer, SequencerKind::Ring);
+        assert_eq!(c.ring_controllers, vec!["127.0.0.1:7700", "127.0.0.1:7701"]);
+        assert_eq!(c.ring_listen.port(), 0);
     }
 }

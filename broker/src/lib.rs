@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod partition;
 pub mod protocol;
 pub mod raft;
+pub mod ring_sequencer;
 pub mod sequencer;
 pub mod server;
 pub mod storage;

@@ -24,6 +24,12 @@ pub struct Metrics {
     pub sequencer_requests: IntCounter,
     pub sequencer_tickets: IntCounter,
     pub sequencer_numbers: IntCounter,
+    pub ring_holes: IntCounter,
+    pub ring_retransmits: IntCounter,
+    pub ring_reissues: IntCounter,
+    pub ring_busy: IntCounter,
+    pub ring_config_fetches: IntCounter,
+    pub ring_epoch: IntGauge,
 }
 
 impl Default for Metrics {
@@ -89,6 +95,28 @@ impl Metrics {
                 "gsn_sequencer_numbers_total",
                 "Global sequence numbers reserved",
             ),
+            ring_holes: counter(
+                "gsn_ring_holes_total",
+                "Numbers issued by the ring that no record will hold (expired or superseded tickets)",
+            ),
+            ring_retransmits: counter(
+                "gsn_ring_retransmits_total",
+                "Ring requests retransmitted after a timeout",
+            ),
+            ring_reissues: counter(
+                "gsn_ring_reissues_total",
+                "Ring reservations re-requested under a new req_id (expired ticket or new epoch)",
+            ),
+            ring_busy: counter(
+                "gsn_ring_busy_total",
+                "Ring requests rejected Busy (the visit's batch was full)",
+            ),
+            ring_config_fetches: counter(
+                "gsn_ring_config_fetches_total",
+                "GET /ring fetches from the ring controllers",
+            ),
+            ring_epoch: IntGauge::new("gsn_ring_epoch", "Ring epoch the sequencer client uses")
+                .expect("static metric definition"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),
@@ -102,6 +130,12 @@ impl Metrics {
             Box::new(m.sequencer_requests.clone()),
             Box::new(m.sequencer_tickets.clone()),
             Box::new(m.sequencer_numbers.clone()),
+            Box::new(m.ring_holes.clone()),
+            Box::new(m.ring_retransmits.clone()),
+            Box::new(m.ring_reissues.clone()),
+            Box::new(m.ring_busy.clone()),
+            Box::new(m.ring_config_fetches.clone()),
+            Box::new(m.ring_epoch.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

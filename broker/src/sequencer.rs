@@ -1,6 +1,6 @@
 //! Global sequence numbers (GSNs). Every record gets one; they are the partition offsets.
 //!
-//! `Sequencer` is the boundary to the switch ring (next issue). `LocalSequencer` is the
+//! `Sequencer` is the boundary to the switch ring (`crate::ring_sequencer`). `LocalSequencer` is the
 //! in-process implementation: a counter with a lease persisted in RocksDB, so numbers never
 //! repeat across restarts. `SequencerClient` batches requests from all partitions into one
 //! `Sequencer::reserve` call and hands out sub-ranges in request order.
@@ -29,6 +29,13 @@ pub trait Sequencer: Send + Sync + 'static {
     /// Reserves `count` consecutive numbers and returns the first. A number is never returned
     /// twice, and a reservation that completes before another starts gets smaller numbers.
     fn reserve(&self, count: u64) -> ReserveFuture<'_>;
+
+    /// Most numbers one `reserve` call may ask for. `SequencerClient` keeps its merged
+    /// batches at or below it: the switch ring caps a request at its per-visit limit W, and
+    /// two requests do not give consecutive numbers, so a batch cannot be split.
+    fn max_batch(&self) -> u64 {
+        MAX_RESERVE
+    }
 }
 
 /// Numbers leased ahead per durable write.
@@ -142,14 +149,34 @@ async fn run_batcher(
     window: Duration,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    while let Some(first) = rx.recv().await {
+    // A ticket that did not fit in the previous batch starts the next one.
+    let mut carry: Option<Ticket> = None;
+    loop {
+        let first = match carry.take() {
+            Some(t) => t,
+            None => match rx.recv().await {
+                Some(t) => t,
+                None => break,
+            },
+        };
         if !window.is_zero() {
             tokio::time::sleep(window).await;
         }
+        let limit = sequencer.max_batch().max(1);
+        let mut sum = first.count;
         let mut tickets = vec![first];
         while tickets.len() < MAX_TICKETS_PER_REQUEST {
             match rx.try_recv() {
-                Ok(t) => tickets.push(t),
+                Ok(t) => match sum.checked_add(t.count).filter(|s| *s <= limit) {
+                    Some(s) => {
+                        sum = s;
+                        tickets.push(t);
+                    }
+                    None => {
+                        carry = Some(t);
+                        break;
+                    }
+                },
                 Err(_) => break,
             }
         }
