@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -196,8 +196,11 @@ impl PeerClient {
         result
     }
 
+    /// Every transport failure is reported as Unreachable: openraft then backs off (500 ms)
+    /// before retrying that peer, instead of retrying a dead peer in a tight loop that
+    /// starves the leader's controller task.
     fn net_err<E: std::error::Error>(e: NetError) -> RPCError<u64, BasicNode, E> {
-        RPCError::Network(NetworkError::new(&e))
+        RPCError::Unreachable(Unreachable::new(&e))
     }
 }
 

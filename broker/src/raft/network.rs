@@ -2,7 +2,7 @@
 //! RPC is ever addressed to another node; a target that is not this node is reported
 //! unreachable, which openraft treats as a transient network failure.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -25,7 +25,7 @@ struct NoTransport(u64);
 
 impl NoPeer {
     fn error<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
-        RPCError::Network(NetworkError::new(&NoTransport(self.target)))
+        RPCError::Unreachable(Unreachable::new(&NoTransport(self.target)))
     }
 }
 
