@@ -6,41 +6,15 @@ use std::collections::BTreeMap;
 use sequencer_p4::config::RingConfig;
 use sequencer_p4::wire::Status;
 
-/// `reports` maps switch id to the Status that acknowledged the seal of `cfg.epoch`
-/// (`seal_floor >= cfg.epoch`). A member counts as reporting only if the report comes from
-/// the incarnation that was installed (same boot id); a restarted member lost its state and
-/// is as silent as a dead one.
-///
-/// Let B be the largest `fwd_base` of reporting members that are installed in `cfg.epoch`
-/// (or `cfg.base`), S the number of non-reporting members, W = `cfg.max_visit`:
-/// `R = min(limit, B + S×W)` if at least one member reported, `R = limit` otherwise.
-/// Each silent member can have made at most one visit (≤ W numbers) after the last visit
-/// at a reporting switch, because the next reporting switch swallowed the token once sealed.
+/// `reports` maps switch id to the Status that answered the seal of `cfg.epoch`; the formula
+/// and why it is safe are in [`sequencer_p4::config::restart_point`], shared with the
+/// simulation.
 pub fn restart_point(cfg: &RingConfig, reports: &BTreeMap<u16, Status>) -> u64 {
-    if cfg.members.is_empty() {
-        return cfg.base;
-    }
-    let mut highest = cfg.base;
-    let mut reporting = 0u64;
-    for m in &cfg.members {
-        let Some(st) = reports
-            .get(&m.switch_id)
-            .filter(|st| st.boot == m.boot && st.seal_floor >= cfg.epoch)
-        else {
-            continue;
-        };
-        reporting += 1;
-        if st.epoch == cfg.epoch {
-            highest = highest.max(st.fwd_base);
-        }
-    }
-    if reporting == 0 {
-        return cfg.limit;
-    }
-    let silent = cfg.members.len() as u64 - reporting;
-    highest
-        .saturating_add(silent.saturating_mul(u64::from(cfg.max_visit)))
-        .min(cfg.limit)
+    let members = cfg
+        .members
+        .iter()
+        .map(|m| (m.boot, reports.get(&m.switch_id)));
+    sequencer_p4::config::restart_point(cfg.epoch, cfg.base, cfg.limit, cfg.max_visit, members)
 }
 
 #[cfg(test)]
@@ -125,7 +99,8 @@ mod tests {
 
     #[test]
     fn agrees_with_the_simulation_model() {
-        // The sim's model over the same inputs (switch index = switch id).
+        // Both call the shared formula; this checks that the controller's adapter (switch ids,
+        // boot ids from the config) feeds it what the sim's adapter does (switch indexes).
         let c = cfg(3);
         let store = sequencer_p4::sim::Store {
             epoch: c.epoch,
@@ -141,7 +116,7 @@ mod tests {
         let acks: Vec<Option<Status>> = (0..3).map(|i| r.get(&i).copied()).collect();
         assert_eq!(
             restart_point(&c, &r),
-            sequencer_p4::sim::restart_point(&store, &acks, u64::from(c.max_visit))
+            sequencer_p4::sim::restart_point(&store, &acks, c.max_visit)
         );
     }
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::Status;
+
 /// One switch of a ring, in ring order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingMember {
@@ -39,6 +41,49 @@ impl RingConfig {
         let n = self.members.len() as u64;
         (n > 0).then(|| &self.members[(broker_id % n) as usize])
     }
+}
+
+/// The restart point (PROTOCOL.md, "Choosing the restart point"): the base of the epoch after
+/// `epoch`, above every number `epoch` can have issued. `members` yields, for each member of
+/// `epoch` in ring order, the boot id it was installed on and the Status that answered the
+/// seal, if any. A member counts as reporting only if that Status acknowledges the seal
+/// (`seal_floor >= epoch`) and comes from the installed incarnation (same boot); a
+/// restarted member lost its state and is as silent as a dead one.
+///
+/// With B the largest `fwd_base` of reporting members installed in `epoch` (or `base`), S
+/// the number of silent members and W = `max_visit`: `R = min(limit, B + S×W)` if at least
+/// one member reported, else `R = limit`. Each silent member can have made at most one visit
+/// (≤ W numbers) after the last visit at a reporting switch, because the next reporting
+/// switch swallowed the token once sealed. The simulation and the ring controller both call
+/// this one function, so the simulation checks the formula the controller runs.
+pub fn restart_point<'a>(
+    epoch: u32,
+    base: u64,
+    limit: u64,
+    max_visit: u32,
+    members: impl IntoIterator<Item = (u64, Option<&'a Status>)>,
+) -> u64 {
+    let mut highest = base;
+    let (mut total, mut reporting) = (0u64, 0u64);
+    for (boot, report) in members {
+        total += 1;
+        let Some(st) = report.filter(|st| st.boot == boot && st.seal_floor >= epoch) else {
+            continue;
+        };
+        reporting += 1;
+        if st.epoch == epoch {
+            highest = highest.max(st.fwd_base);
+        }
+    }
+    if total == 0 {
+        return base;
+    }
+    if reporting == 0 {
+        return limit;
+    }
+    highest
+        .saturating_add((total - reporting).saturating_mul(u64::from(max_visit)))
+        .min(limit)
 }
 
 #[cfg(test)]

@@ -899,7 +899,7 @@ impl Sim {
             return;
         };
         let store = &self.ctrl.store;
-        let restart = restart_point(store, acks, u64::from(self.cfg.max_visit));
+        let restart = restart_point(store, acks, self.cfg.max_visit);
         let members: Vec<(usize, u64)> = acks
             .iter()
             .enumerate()
@@ -1030,31 +1030,14 @@ impl Sim {
     }
 }
 
-/// Above every number epoch `store.epoch` can have issued, given the sealed switches'
-/// reports. A member counts as reporting only if its report comes from the incarnation
-/// that was installed; a silent or restarted member may have made at most one visit
-/// (≤ W numbers) past the highest reported `fwd_base` before the token died.
-pub fn restart_point(store: &Store, acks: &[Option<Status>], max_visit: u64) -> u64 {
-    if store.members.is_empty() {
-        return store.base;
-    }
-    let mut highest = store.base;
-    let mut reporting = 0u64;
-    for &(s, boot) in &store.members {
-        if let Some(st) = acks.get(s).copied().flatten().filter(|st| st.boot == boot) {
-            reporting += 1;
-            if st.epoch == store.epoch {
-                highest = highest.max(st.fwd_base);
-            }
-        }
-    }
-    if reporting == 0 {
-        return store.limit;
-    }
-    let silent = store.members.len() as u64 - reporting;
-    highest
-        .saturating_add(silent.saturating_mul(max_visit))
-        .min(store.limit)
+/// Above every number epoch `store.epoch` can have issued: the shared formula
+/// ([`crate::config::restart_point`]) over this store's members and the seal acks.
+pub fn restart_point(store: &Store, acks: &[Option<Status>], max_visit: u32) -> u64 {
+    let members = store
+        .members
+        .iter()
+        .map(|&(s, boot)| (boot, acks.get(s).and_then(Option::as_ref)));
+    crate::config::restart_point(store.epoch, store.base, store.limit, max_visit, members)
 }
 
 /// Runs one seed; `Err` names the seed and the first violations.
