@@ -90,6 +90,28 @@ pub struct BatchHeader {
 
 /// Parses and fully validates one batch at the start of `buf` (length, magic, CRC, counts).
 pub fn parse_and_verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = parse_header(buf)?;
+    let stored = u32::from_be_bytes(take4(buf, 17));
+    let computed = crc32c::crc32c(&buf[CRC_START..header.span.total_len]);
+    if stored != computed {
+        return Err(BatchError::CrcMismatch { stored, computed });
+    }
+    if header.record_count < 1
+        || header.record_count > MAX_RECORDS_PER_BATCH
+        || header.last_offset_delta != header.record_count - 1
+    {
+        return Err(BatchError::BadRecordCount {
+            count: header.record_count,
+            delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Reads the header of one whole batch at the start of `buf` without checking its CRC or
+/// counts: for a batch this broker already verified (the produce path checks every batch
+/// before it reaches Raft, so the leader's log append need not hash it again).
+pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     if buf.len() < HEADER_LEN {
         return Err(BatchError::Truncated {
             need: HEADER_LEN,
@@ -103,12 +125,7 @@ pub fn parse_and_verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
             have: buf.len(),
         });
     }
-    let stored = u32::from_be_bytes(take4(buf, 17));
-    let computed = crc32c::crc32c(&buf[CRC_START..span.total_len]);
-    if stored != computed {
-        return Err(BatchError::CrcMismatch { stored, computed });
-    }
-    let header = BatchHeader {
+    Ok(BatchHeader {
         span,
         attributes: i16::from_be_bytes([buf[21], buf[22]]),
         last_offset_delta: i32::from_be_bytes(take4(buf, 23)),
@@ -116,17 +133,7 @@ pub fn parse_and_verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         max_timestamp: i64::from_be_bytes(take8(buf, 35)),
         producer_id: i64::from_be_bytes(take8(buf, 43)),
         record_count: i32::from_be_bytes(take4(buf, 57)),
-    };
-    if header.record_count < 1
-        || header.record_count > MAX_RECORDS_PER_BATCH
-        || header.last_offset_delta != header.record_count - 1
-    {
-        return Err(BatchError::BadRecordCount {
-            count: header.record_count,
-            delta: header.last_offset_delta,
-        });
-    }
-    Ok(header)
+    })
 }
 
 /// Validates the `records` field of one partition of a Produce request: exactly one v2 batch,
