@@ -68,6 +68,8 @@ pub struct Broker {
     sequencer: SequencerClient,
     /// Serializes topic creation, deletion and growth.
     admin: tokio::sync::Mutex<()>,
+    /// The group coordinator (consumer groups), set by `group::offsets_topic::start`.
+    pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
 }
 
 impl Broker {
@@ -112,6 +114,7 @@ impl Broker {
             topics: RwLock::new(BTreeMap::new()),
             sequencer: client,
             admin: tokio::sync::Mutex::new(()),
+            groups: std::sync::OnceLock::new(),
         });
         for record in records {
             let topic = broker.open_topic(record, 0).await?;

@@ -77,6 +77,13 @@ struct FileConfig {
     ring_controllers: Option<String>,
     ring_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    // Consumer groups (crate::group::GroupArgs).
+    group_initial_rebalance_delay_ms: Option<u64>,
+    group_min_session_timeout_ms: Option<u32>,
+    group_max_session_timeout_ms: Option<u32>,
+    group_max_size: Option<usize>,
+    offsets_topic_num_partitions: Option<i32>,
+    offsets_topic_replication_factor: Option<i16>,
 }
 
 /// Command line (and environment) of the `broker` binary.
@@ -154,6 +161,8 @@ pub struct Args {
     /// Log output format.
     #[arg(long, env = "BROKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub groups: crate::group::GroupArgs,
 }
 
 /// The validated configuration the broker runs with.
@@ -176,6 +185,8 @@ pub struct BrokerConfig {
     pub ring_controllers: Vec<String>,
     pub ring_listen: SocketAddr,
     pub log_format: LogFormat,
+    /// Consumer groups.
+    pub groups: crate::group::GroupConfig,
 }
 
 /// Settings of every partition log (topic-level overrides come with the configs issue).
@@ -238,7 +249,19 @@ impl BrokerConfig {
                     .unwrap_or(1000),
             ),
         };
+        let groups = args
+            .groups
+            .or(crate::group::GroupArgs {
+                group_initial_rebalance_delay_ms: file.group_initial_rebalance_delay_ms,
+                group_min_session_timeout_ms: file.group_min_session_timeout_ms,
+                group_max_session_timeout_ms: file.group_max_session_timeout_ms,
+                group_max_size: file.group_max_size,
+                offsets_topic_num_partitions: file.offsets_topic_num_partitions,
+                offsets_topic_replication_factor: file.offsets_topic_replication_factor,
+            })
+            .resolve()?;
         let config = Self {
+            groups,
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             listen,
             advertised_host: args

@@ -142,6 +142,10 @@ async fn queue(
     let partition = topic
         .partition(index)
         .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    if topic.record.name == crate::group::OFFSETS_TOPIC {
+        // Only the group coordinator writes there (Kafka: "Cannot append to internal topic").
+        return Err(ResponseError::InvalidTopicException.code());
+    }
     let records = records.ok_or(ResponseError::InvalidRecord.code())?;
     let max = topic
         .record

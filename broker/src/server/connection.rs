@@ -59,7 +59,12 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
         }
         .instrument(span.clone()),
     );
-    read_loop(BufReader::with_capacity(64 * 1024, rd), &broker, tx)
+    // PEER: the client's address for handlers that record it (JoinGroup).
+    crate::api::PEER
+        .scope(
+            peer,
+            read_loop(BufReader::with_capacity(64 * 1024, rd), &broker, tx),
+        )
         .instrument(span)
         .await;
     let _ = writer.await;
