@@ -672,6 +672,8 @@ mod tests {
     struct MemLog {
         batches: Mutex<Vec<(i64, Bytes)>>,
         next: AtomicU64,
+        /// The committed view lags: nothing is committed yet (a new Raft leader).
+        lagging: std::sync::atomic::AtomicBool,
     }
 
     impl GroupLog for MemLog {
@@ -703,7 +705,11 @@ mod tests {
             Ok((!out.is_empty()).then(|| out.freeze()))
         }
         fn high_watermark(&self) -> i64 {
-            self.end_offset()
+            if self.lagging.load(Ordering::SeqCst) {
+                0
+            } else {
+                self.end_offset()
+            }
         }
         fn end_offset(&self) -> i64 {
             self.batches
@@ -804,5 +810,56 @@ mod tests {
             (v.offset, v.leader_epoch, v.metadata.as_str()),
             (20, 2, "second")
         );
+    }
+
+    #[tokio::test]
+    async fn a_loading_partition_answers_load_in_progress() {
+        let log = Arc::new(MemLog::default());
+        // A commit from a previous leader, not yet known to be committed here.
+        let record = store::Record::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            value: Some(store::OffsetValue {
+                offset: 77,
+                leader_epoch: -1,
+                metadata: "old".into(),
+                commit_timestamp: 1,
+            }),
+        };
+        let (batch, n) = store::encode_batch(&[record], 1).expect("encode");
+        let _ack = log.append(batch, n).await.expect("append");
+        log.lagging.store(true, Ordering::SeqCst);
+        let topic = Arc::new(MemTopic {
+            log: Arc::clone(&log),
+            led: std::sync::atomic::AtomicI32::new(1),
+        });
+        let c = Coordinator::new(GroupConfig::default(), topic);
+        c.refresh();
+        let loading = E::CoordinatorLoadInProgress.code();
+        let join = JoinRequest {
+            group_id: "g".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            ..JoinRequest::default()
+        };
+        assert_eq!(c.join(join).await.error, loading);
+        assert_eq!(c.fetch_offsets("g", None), Err(loading));
+        assert_eq!(c.commit(commit("g", 1, "")).await[0].2, loading);
+        // As Kafka: heartbeats pass blindly, syncs are told to rejoin.
+        assert_eq!(c.heartbeat("g", "m", None, 1), 0);
+        let sync = SyncRequest {
+            group_id: "g".into(),
+            ..SyncRequest::default()
+        };
+        assert_eq!(c.sync(sync).await.error, E::RebalanceInProgress.code());
+        assert_eq!(c.list().0, loading);
+
+        log.lagging.store(false, Ordering::SeqCst);
+        active(&c).await;
+        let fetched = c.fetch_offsets("g", None).expect("loaded");
+        assert_eq!(fetched[0].2.as_ref().map(|v| v.offset), Some(77));
     }
 }
