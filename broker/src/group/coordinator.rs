@@ -284,14 +284,15 @@ impl Coordinator {
     /// Opens shards for newly led partitions and closes those no longer led.
     pub fn refresh(self: &Coordinator) {
         let n = self.topic.partitions().unwrap_or(0);
+        // Asked before taking the lock: requests only wait for the comparison below.
+        let led: Vec<_> = (0..n).map(|p| (p, self.topic.led_partition(p))).collect();
         let mut opened = Vec::new();
         let mut closed = Vec::new();
         {
             let Ok(mut shards) = self.shards.write() else {
                 return;
             };
-            for p in 0..n {
-                let led = self.topic.led_partition(p);
+            for (p, led) in led {
                 let current = shards.get(&p).map(|s| s.epoch);
                 match (led, current) {
                     (Some((epoch, _)), Some(e)) if e == epoch => {}
@@ -378,6 +379,7 @@ impl Coordinator {
 
     // ---- the APIs -----------------------------------------------------------------------
 
+    #[tracing::instrument(level = "info", skip_all, fields(group = %req.group_id, member = %req.member_id))]
     pub async fn join(&self, req: JoinRequest) -> JoinResponse {
         let member_id = req.member_id.clone();
         let shard = match self.shard_for(&req.group_id) {
@@ -394,6 +396,7 @@ impl Coordinator {
         }
     }
 
+    #[tracing::instrument(level = "info", skip_all, fields(group = %req.group_id, member = %req.member_id, generation = req.generation))]
     pub async fn sync(&self, req: SyncRequest) -> SyncResponse {
         let shard = match self.shard_for(&req.group_id) {
             Ok(s) => s,
@@ -452,6 +455,7 @@ impl Coordinator {
             .unwrap_or_else(|p| error(p.code()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %req.group_id))]
     pub async fn commit(&self, req: CommitRequest) -> PartitionErrors {
         let all = |req: &CommitRequest, code: i16| -> PartitionErrors {
             req.offsets
@@ -512,6 +516,7 @@ impl Coordinator {
         (error, groups)
     }
 
+    #[tracing::instrument(level = "info", skip_all, fields(groups = ids.len()))]
     pub async fn delete_groups(&self, ids: Vec<String>) -> Vec<(String, i16)> {
         let mut by_shard: HashMap<i32, (Arc<Shard>, Vec<String>)> = HashMap::new();
         let mut results = Vec::new();
@@ -543,6 +548,7 @@ impl Coordinator {
         results
     }
 
+    #[tracing::instrument(level = "info", skip(self, partitions))]
     pub async fn offset_delete(
         &self,
         group: &str,
