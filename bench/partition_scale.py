@@ -118,8 +118,8 @@ def main():
         out["empty_cpu_cores"] = idle_cpu(cluster_dir, a.idle_s)
         out["empty_rss_mib"] = {k: round(rss_mib(v), 1) for k, v in pids(cluster_dir).items()}
         t0 = time.monotonic()
-        fut = AdminClient({"bootstrap.servers": BOOTSTRAP}).create_topics(
-            [NewTopic("scale", a.partitions, 3)], request_timeout=300)
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        fut = admin.create_topics([NewTopic("scale", a.partitions, 3)], request_timeout=300)
         fut["scale"].result(300)
         out["create_s"] = round(time.monotonic() - t0, 2)
         out["create_to_all_led_s"] = round(out["create_s"] + wait_led(a.partitions, "scale"), 2)
