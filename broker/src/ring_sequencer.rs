@@ -53,6 +53,9 @@ pub struct RingOptions {
     /// Refuse a ring whose W (numbers per request) is below this. Default: the largest
     /// batch the broker accepts, so every valid batch can be numbered.
     pub min_max_visit: u32,
+    /// After this long with nothing in flight, a new request also probes the head switch to
+    /// release an idle-parked token ([`ClientOptions::idle_nudge`]).
+    pub idle_nudge: Duration,
 }
 
 impl Default for RingOptions {
@@ -66,6 +69,7 @@ impl Default for RingOptions {
             fetch_timeout: Duration::from_secs(2),
             min_fetch_interval: Duration::from_millis(20),
             min_max_visit: MAX_RECORDS_PER_BATCH as u32,
+            idle_nudge: Duration::from_millis(1),
         }
     }
 }
@@ -80,6 +84,7 @@ impl RingOptions {
             max_requests_per_reservation: self.max_requests_per_reservation,
             refetch_after_sends: self.refetch_after_sends,
             min_max_visit: self.min_max_visit,
+            idle_nudge: self.idle_nudge,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use crate::config::RingConfig;
-use crate::wire::{Announce, Grant, Message, Reject, RejectReason, Request, Ticket};
+use crate::wire::{Announce, Grant, Message, Probe, Reject, RejectReason, Request, Ticket};
 
 /// Tunables of the client core.
 #[derive(Debug, Clone)]
@@ -43,6 +43,11 @@ pub struct ClientOptions {
     pub refetch_after_sends: u32,
     /// Configurations whose W (`max_visit`) is below this are refused.
     pub min_max_visit: u32,
+    /// A reservation started after this long without any in flight also sends a Probe to
+    /// the head switch, which releases a token parked by idle pacing (softswitch
+    /// `--idle-hold-us`), so the request waits one rotation, not the rest of the hold.
+    /// Zero: never.
+    pub idle_nudge: Duration,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +59,7 @@ impl Default for ClientOptions {
             max_requests_per_reservation: 64,
             refetch_after_sends: 4,
             min_max_visit: 1,
+            idle_nudge: Duration::from_millis(1),
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct ClientStats {
     pub busy: u64,
     /// Configurations refused for a too small W.
     pub refused_configs: u64,
+    /// Probes sent to the head to wake an idle ring.
+    pub nudges: u64,
 }
 
 /// A ticket this client holds: numbers `local_off..local_off+count` of `switch_id`, global
@@ -133,6 +141,8 @@ pub struct Core {
     /// Every number handed out must be at or above this (offsets already in the logs).
     floor: u64,
     stats: ClientStats,
+    /// Last time a reservation started or ended.
+    last_active: Option<Instant>,
 }
 
 impl Core {
@@ -150,6 +160,7 @@ impl Core {
             ops: BTreeMap::new(),
             floor,
             stats: ClientStats::default(),
+            last_active: None,
         }
     }
 
@@ -223,6 +234,12 @@ impl Core {
             ));
             return (id, out);
         }
+        let idle = self.ops.is_empty()
+            && !self.opts.idle_nudge.is_zero()
+            && self
+                .last_active
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.opts.idle_nudge);
+        self.last_active = Some(now);
         let op = Op {
             count: count as u32,
             epoch: 0,
@@ -236,10 +253,29 @@ impl Core {
         self.ops.insert(id, op);
         if self.config.is_some() {
             self.reissue(id, now, &mut out);
+            if idle {
+                self.nudge(&mut out);
+            }
         } else {
             out.push(Action::FetchConfig);
         }
         (id, out)
+    }
+
+    /// A Probe to the head, unless the head is our home switch (the request itself wakes
+    /// it there).
+    fn nudge(&mut self, out: &mut Vec<Action>) {
+        let Some(cfg) = &self.config else {
+            return;
+        };
+        let home = cfg.home(self.broker_id).map(|m| m.switch_id);
+        let Some(head) = cfg.members.iter().find(|m| m.switch_id == cfg.head) else {
+            return;
+        };
+        if home != Some(head.switch_id) {
+            self.stats.nudges += 1;
+            out.push(Action::Send(head.addr, Message::Probe(Probe {})));
+        }
     }
 
     /// Adopts a fetched configuration unless it is older than the one we have (or unusable),
@@ -396,6 +432,9 @@ impl Core {
             Message::Announce(a) => self.on_announce(a, &mut out),
             Message::Reject(r) => self.on_reject(r, now, &mut out),
             _ => {}
+        }
+        if out.iter().any(|a| matches!(a, Action::Done(..))) {
+            self.last_active = Some(now);
         }
         out
     }
@@ -863,6 +902,51 @@ mod tests {
         assert_eq!((reqs[0].0, reqs[0].1.epoch), (addr(7000), 2));
         assert_eq!(c.stats().retransmits, 4);
         assert_eq!(c.stats().reissues, 1);
+    }
+
+    #[test]
+    fn an_idle_client_wakes_the_head_along_with_its_request() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let probes = |out: &[Action]| {
+            out.iter()
+                .filter(|a| matches!(a, Action::Send(to, Message::Probe(_)) if *to == addr(7000)))
+                .count()
+        };
+        // First request after silence: request to the home switch, probe to the head.
+        let (_, out) = c.start(1, t0);
+        assert_eq!((sent(&out).len(), probes(&out)), (1, 1));
+        let (_, r) = sent(&out)[0];
+        // Busy (one in flight): no probe.
+        let (_, out) = c.start(1, t0);
+        assert_eq!(probes(&out), 0);
+        let grant = Grant {
+            epoch: 1,
+            switch_id: 1,
+            count: 1,
+            client: CLIENT,
+            req_id: r.req_id,
+            gsn: 5,
+        };
+        c.on_packet(&Message::Grant(grant), t0);
+        // Still one in flight, then none: a request right after activity sends no probe,
+        // one after the idle time does.
+        let (_, out) = c.start(1, t0 + Duration::from_micros(100));
+        assert_eq!(probes(&out), 0);
+        let mut c = core();
+        c.last_active = Some(t0);
+        let (_, out) = c.start(1, t0 + Duration::from_micros(500));
+        assert_eq!(probes(&out), 0);
+        let mut c = core();
+        c.last_active = Some(t0);
+        let (_, out) = c.start(1, t0 + Duration::from_millis(2));
+        assert_eq!(probes(&out), 1);
+        assert_eq!(c.stats().nudges, 1);
+        // A client whose home is the head never probes.
+        let mut c = Core::new(CLIENT, 0, 0, ClientOptions::default());
+        c.on_config(ring(1, 0), t0);
+        let (_, out) = c.start(1, t0);
+        assert_eq!(probes(&out), 0);
     }
 
     #[test]

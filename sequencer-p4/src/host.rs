@@ -8,9 +8,13 @@
 //!   rotation issued nothing (the token's `next_base` equals the head's `fwd_base`) and no
 //!   request waits at the head, for at most `idle_hold`, and only once the ring has been
 //!   idle for `idle_grace`. A request arriving at the head releases it at once (after the
-//!   request got its ticket, so the very next visit announces it). To the protocol a parked
-//!   token is a slow link: no guarantee depends on link timing. On a Tofino the same is a
-//!   recirculation through a paused queue, driven by the switch CPU.
+//!   request got its ticket, so the very next visit announces it), and so does a Probe: a
+//!   ring client that has been idle sends one to the head along with its first request to
+//!   another switch, so that request waits one rotation rather than the rest of the hold.
+//!   After either (parked or not: the token may be on its way to the switch that holds the
+//!   request) the ring must be idle for `idle_grace` again before the next park. To the protocol a parked token is a slow link: no guarantee depends on link
+//!   timing. On a Tofino the same is a recirculation through a paused queue, driven by the
+//!   switch CPU.
 //! * **Link emulation** (`link_delay`). Every token forward waits that long before it is
 //!   sent, with microsecond precision (a spin that keeps receiving packets, since tokio's
 //!   timers tick in milliseconds), to emulate switch-to-switch links in benchmarks.
@@ -90,6 +94,11 @@ impl IdlePacer {
         let since = *self.idle_since.get_or_insert(now);
         (now.saturating_duration_since(since) >= self.grace).then(|| now + self.hold)
     }
+
+    /// The ring is in use again: the next park needs a whole new grace period.
+    pub fn wake(&mut self) {
+        self.idle_since = None;
+    }
 }
 
 /// Host counters, next to the pipeline's own [`crate::pipeline::Stats`].
@@ -100,8 +109,8 @@ pub struct HostStats {
     pub decode_errors: u64,
     /// Tokens parked by idle pacing.
     pub tokens_held: u64,
-    /// Parked tokens released early by a request.
-    pub holds_released_by_request: u64,
+    /// Parked tokens released early by a request or a probe.
+    pub holds_released_early: u64,
     /// Total time tokens spent parked.
     pub held_time: Duration,
 }
@@ -211,10 +220,16 @@ impl Host {
                 "epoch installed"
             );
         }
-        // A request waits here: the parked token's visit announces it right away.
-        if matches!(msg, Message::Request(_)) && self.parked.is_some() {
-            self.stats.holds_released_by_request += 1;
-            out.extend(self.release(now));
+        // A request waits here (the parked token's visit announces it right away), or a
+        // client woke the ring for a request at another switch. Either way the ring is in
+        // use: even if the token is elsewhere now, it must not be parked when it comes by
+        // (the request it is wanted for may be at a switch it has just passed).
+        if matches!(msg, Message::Request(_) | Message::Probe(_)) {
+            self.pacer.wake();
+            if self.parked.is_some() {
+                self.stats.holds_released_early += 1;
+                out.extend(self.release(now));
+            }
         }
         out
     }
@@ -360,7 +375,7 @@ async fn send_all(
 mod tests {
     use super::*;
     use crate::pipeline::Config;
-    use crate::wire::{install_flags, Announce, Inject, Install, Request};
+    use crate::wire::{install_flags, Announce, Inject, Install, Probe, Request};
     use std::net::Ipv4Addr;
 
     const CTRL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 6000);
@@ -471,7 +486,47 @@ mod tests {
         let ann = announce_of(&out).expect("announced by the released token's visit");
         assert_eq!((ann.local_lo, ann.local_hi, ann.base), (0, 5, 100));
         assert!(token_of(&out).is_some() && !h.is_holding());
-        assert_eq!(h.stats().holds_released_by_request, 1);
+        assert_eq!(h.stats().holds_released_early, 1);
+    }
+
+    #[test]
+    fn a_probe_releases_the_parked_token_and_restarts_the_grace() {
+        let t0 = Instant::now();
+        let opts = HostOptions {
+            idle_hold: 50 * MS,
+            idle_grace: 2 * MS,
+            link_delay: Duration::ZERO,
+        };
+        let (mut h, mut tok) = head(opts, t0);
+        tok = token_of(&h.on_message(NEXT, &Message::Token(tok), t0)).expect("grace");
+        assert!(h
+            .on_message(NEXT, &Message::Token(tok), t0 + 2 * MS)
+            .is_empty());
+        let out = h.on_message(BROKER, &Message::Probe(Probe {}), t0 + 3 * MS);
+        let tok = token_of(&out).expect("released by the probe");
+        assert!(out
+            .iter()
+            .any(|(to, m)| *to == BROKER && matches!(m, Message::Status(_))));
+        // Idle again, but the grace starts over: forwarded, not parked.
+        let out = h.on_message(NEXT, &Message::Token(tok), t0 + 4 * MS);
+        let tok = token_of(&out).expect("forwarded");
+        assert!(!h.is_holding());
+        // A probe while the token is away also restarts the grace.
+        let out = h.on_message(NEXT, &Message::Token(tok), t0 + 5 * MS);
+        let tok = token_of(&out).expect("still within the grace");
+        assert!(h
+            .on_message(NEXT, &Message::Token(tok), t0 + 6 * MS)
+            .is_empty());
+        let out = h.on_message(BROKER, &Message::Probe(Probe {}), t0 + 7 * MS);
+        let tok = token_of(&out).expect("released");
+        // Idle from 8 ms on; a probe at 9 ms, while the token is away, restarts the grace,
+        // so at 10 ms the token is not parked.
+        let out = h.on_message(NEXT, &Message::Token(tok), t0 + 8 * MS);
+        let tok = token_of(&out).expect("forwarded");
+        // (without this probe it would be: 10 - 8 >= grace)
+        h.on_message(BROKER, &Message::Probe(Probe {}), t0 + 9 * MS);
+        let out = h.on_message(NEXT, &Message::Token(tok), t0 + 10 * MS);
+        assert!(token_of(&out).is_some(), "probed: the grace starts over");
     }
 
     #[test]

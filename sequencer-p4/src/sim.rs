@@ -211,6 +211,7 @@ impl SimConfig {
             max_requests_per_reservation: 1 << 20,
             refetch_after_sends: 3,
             min_max_visit: 1,
+            idle_nudge: Duration::from_millis(2 * self.hop()),
         }
     }
 }
