@@ -135,6 +135,8 @@ pub struct Broker {
     sequencer: SequencerClient,
     /// Serializes reconciliation (opening and closing replicas).
     admin: tokio::sync::Mutex<()>,
+    /// The group coordinator (consumer groups), set by `group::offsets_topic::start`.
+    pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
 }
 
 impl Broker {
@@ -174,6 +176,7 @@ impl Broker {
             topics: RwLock::new(BTreeMap::new()),
             sequencer: client,
             admin: tokio::sync::Mutex::new(()),
+            groups: std::sync::OnceLock::new(),
         });
         let state = broker.cluster.state();
         broker.reconcile(&state).await;

@@ -89,6 +89,13 @@ struct FileConfig {
     raft_election_ms: Option<u64>,
     replica_lag_time_max_ms: Option<u64>,
     leader_rebalance_interval_ms: Option<u64>,
+    // Consumer groups (crate::group::GroupArgs).
+    group_initial_rebalance_delay_ms: Option<u64>,
+    group_min_session_timeout_ms: Option<u32>,
+    group_max_session_timeout_ms: Option<u32>,
+    group_max_size: Option<usize>,
+    offsets_topic_num_partitions: Option<i32>,
+    offsets_topic_replication_factor: Option<i16>,
 }
 
 /// Command line (and environment) of the `broker` binary.
@@ -206,6 +213,8 @@ pub struct Args {
     /// back (auto.leader.rebalance). 0 disables. Default 30000.
     #[arg(long, env = "BROKER_LEADER_REBALANCE_INTERVAL_MS")]
     pub leader_rebalance_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub groups: crate::group::GroupArgs,
 }
 
 /// The validated configuration the broker runs with.
@@ -242,6 +251,8 @@ pub struct BrokerConfig {
     pub replica_lag_time_max: Duration,
     /// Zero: never rebalance leaders.
     pub leader_rebalance_interval: Duration,
+    /// Consumer groups.
+    pub groups: crate::group::GroupConfig,
 }
 
 /// Settings of every partition log (topic-level overrides come with the configs issue).
@@ -304,6 +315,17 @@ impl BrokerConfig {
                     .unwrap_or(1000),
             ),
         };
+        let groups = args
+            .groups
+            .or(crate::group::GroupArgs {
+                group_initial_rebalance_delay_ms: file.group_initial_rebalance_delay_ms,
+                group_min_session_timeout_ms: file.group_min_session_timeout_ms,
+                group_max_session_timeout_ms: file.group_max_session_timeout_ms,
+                group_max_size: file.group_max_size,
+                offsets_topic_num_partitions: file.offsets_topic_num_partitions,
+                offsets_topic_replication_factor: file.offsets_topic_replication_factor,
+            })
+            .resolve()?;
         let node_id = args.node_id.or(file.node_id).unwrap_or(1);
         let seeds = parse_seeds(args.seeds.as_deref().or(file.seeds.as_deref()))?;
         let advertised_host = args
@@ -329,6 +351,7 @@ impl BrokerConfig {
             )),
         };
         let config = Self {
+            groups,
             node_id,
             listen,
             advertised_host,

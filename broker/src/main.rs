@@ -70,6 +70,7 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     })?;
     tracing::info!(data_dir = %config.data_dir.display(), "opening data directory");
     let broker = Broker::open(config.clone(), Arc::clone(&metrics)).await?;
+    broker::group::offsets_topic::start(&broker);
     tracing::info!(
         listen = %config.listen,
         advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),

@@ -85,6 +85,21 @@ async fn by_name(
             ResponseError::UnknownTopicOrPartition,
         );
     }
+    if name.as_str() == crate::group::OFFSETS_TOPIC {
+        // Created by the group coordinator, with its own partition count and configs.
+        let created = match crate::group::offsets_topic::coordinator(broker) {
+            Some(c) => c.ensure_partition_of("").await.is_ok(),
+            None => false,
+        };
+        return match broker.topic(name.as_str()).filter(|_| created) {
+            Some(topic) => describe(broker, &topic, version),
+            None => error_topic(
+                Some(name.clone()),
+                uuid::Uuid::nil(),
+                ResponseError::LeaderNotAvailable,
+            ),
+        };
+    }
     let partitions = broker.config.num_partitions;
     match broker
         .create_topic(name.as_str(), partitions, -1, BTreeMap::new(), None)
@@ -158,6 +173,7 @@ pub fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataRespons
             topic.record.name.clone(),
         ))))
         .with_partitions(partitions)
+        .with_is_internal(version >= 1 && topic.record.name == crate::group::OFFSETS_TOPIC)
         .with_topic_authorized_operations(i32::MIN);
     if version >= 10 {
         out.with_topic_id(super::uuid_of(&topic.record.id))

@@ -12,6 +12,18 @@ mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+// Consumer groups (see crate::group).
+mod delete_groups;
+mod describe_groups;
+mod find_coordinator;
+mod heartbeat;
+mod join_group;
+mod leave_group;
+mod list_groups;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
+mod sync_group;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +38,35 @@ use crate::broker::Broker;
 use crate::protocol::{decode_body, encode_response, FrameError};
 
 pub use api_versions::fallback_response;
+
+tokio::task_local! {
+    /// The client's address, set by the connection around its read loop (JoinGroup
+    /// records it as the member's client host).
+    pub static PEER: std::net::SocketAddr;
+}
+
+/// Who sent a request, as group membership records it.
+pub struct ClientInfo {
+    pub client_id: String,
+    /// Kafka's format: "/" and the IP address.
+    pub host: String,
+}
+
+impl ClientInfo {
+    fn of(header: &RequestHeader) -> Self {
+        let id = header.client_id.as_deref().unwrap_or("");
+        let mut end = id.len().min(crate::group::state::MAX_ID_BYTES);
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        ClientInfo {
+            client_id: id[..end].to_string(),
+            host: PEER
+                .try_with(|p| format!("/{}", p.ip()))
+                .unwrap_or_default(),
+        }
+    }
+}
 
 /// A request's answer in the making: the connection's writer awaits these in arrival order.
 pub type Reply = JoinHandle<Result<Option<BytesMut>, FrameError>>;
@@ -56,6 +97,20 @@ pub async fn start(
             }))
         }};
     }
+    // Handlers that also need to know the client (group membership).
+    macro_rules! serve_client {
+        ($module:ident) => {{
+            let request = decode_body(&mut body, version)?;
+            let client = ClientInfo::of(&header);
+            tokio::spawn(async move {
+                let response = $module::handle(&b, request, version, client).await;
+                let out =
+                    encode_response(api, version, cid, &response).map_err(FrameError::BadHeader)?;
+                observe(&b, api, started);
+                Ok(Some(out))
+            })
+        }};
+    }
     Ok(match api {
         ApiKey::ApiVersions => serve!(api_versions),
         ApiKey::Metadata => serve!(metadata),
@@ -67,6 +122,17 @@ pub async fn start(
         ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
         ApiKey::DescribeCluster => serve!(describe_cluster),
         ApiKey::DescribeConfigs => serve!(describe_configs),
+        ApiKey::FindCoordinator => serve!(find_coordinator),
+        ApiKey::JoinGroup => serve_client!(join_group),
+        ApiKey::SyncGroup => serve!(sync_group),
+        ApiKey::Heartbeat => serve!(heartbeat),
+        ApiKey::LeaveGroup => serve!(leave_group),
+        ApiKey::OffsetCommit => serve!(offset_commit),
+        ApiKey::OffsetFetch => serve!(offset_fetch),
+        ApiKey::ListGroups => serve!(list_groups),
+        ApiKey::DescribeGroups => serve!(describe_groups),
+        ApiKey::DeleteGroups => serve!(delete_groups),
+        ApiKey::OffsetDelete => serve!(offset_delete),
         ApiKey::Produce => {
             let request = decode_body(&mut body, version)?;
             let queued = produce::queue_all(broker, request, version).await;
@@ -107,6 +173,17 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "Other",
     }
 }

@@ -140,6 +140,10 @@ async fn queue(
     acks: Acks,
 ) -> Pending {
     let partition = topic.local(index).map_err(|e| e.code())?;
+    if topic.record.name == crate::group::OFFSETS_TOPIC {
+        // Only the group coordinator writes there (Kafka: "Cannot append to internal topic").
+        return Err(ResponseError::InvalidTopicException.code());
+    }
     let records = records.ok_or(ResponseError::InvalidRecord.code())?;
     let max = topic
         .record

@@ -93,6 +93,8 @@ enum Ty {
     NullableString,
     /// Produce record data: nullable bytes, kept opaque here (the batch is validated later).
     Records,
+    /// Non-nullable bytes (group protocol metadata, assignments).
+    Bytes,
     Array(&'static Ty),
     NullableArray(&'static Ty),
     Struct(&'static Layout),
@@ -189,6 +191,19 @@ const APIS: &[Api] = &[
     api(37, 0, 3, 2, &CREATE_PARTITIONS_REQUEST),
     // DescribeCluster has been flexible since its first version.
     api(60, 0, 2, 0, &DESCRIBE_CLUSTER_REQUEST),
+    // Consumer groups.
+    api(8, 2, 9, 8, &OFFSET_COMMIT_REQUEST),
+    api(9, 1, 9, 6, &OFFSET_FETCH_REQUEST),
+    api(10, 0, 6, 3, &FIND_COORDINATOR_REQUEST),
+    api(11, 0, 9, 6, &JOIN_GROUP_REQUEST),
+    api(12, 0, 4, 4, &HEARTBEAT_REQUEST),
+    api(13, 0, 5, 4, &LEAVE_GROUP_REQUEST),
+    api(14, 0, 5, 4, &SYNC_GROUP_REQUEST),
+    api(15, 0, 6, 5, &DESCRIBE_GROUPS_REQUEST),
+    api(16, 0, 5, 3, &LIST_GROUPS_REQUEST),
+    api(42, 0, 2, 2, &DELETE_GROUPS_REQUEST),
+    // OffsetDelete has no flexible version.
+    api(47, 0, 0, i16::MAX, &OFFSET_DELETE_REQUEST),
 ];
 
 // Layouts are named after kafka-protocol's structs, innermost first.
@@ -376,6 +391,129 @@ const DESCRIBE_CLUSTER_REQUEST: Layout = fields(&[
     Field::new("include_fenced_brokers", Bool).since(2),
 ]);
 
+// OffsetCommit (8)
+const OFFSET_COMMIT_REQUEST_PARTITION: Ty = Struct(&fields(&[
+    Field::new("partition_index", Int32),
+    Field::new("committed_offset", Int64),
+    Field::new("committed_leader_epoch", Int32).since(6),
+    Field::new("committed_metadata", NullableString),
+]));
+const OFFSET_COMMIT_REQUEST_TOPIC: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("partitions", Array(&OFFSET_COMMIT_REQUEST_PARTITION)),
+]));
+const OFFSET_COMMIT_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("generation_id_or_member_epoch", Int32),
+    Field::new("member_id", String),
+    Field::new("group_instance_id", NullableString).since(7),
+    Field::new("retention_time_ms", Int64).until(4),
+    Field::new("topics", Array(&OFFSET_COMMIT_REQUEST_TOPIC)),
+]);
+
+// OffsetFetch (9): v8 replaced the single group by an array of groups.
+const OFFSET_FETCH_REQUEST_TOPIC: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("partition_indexes", Array(&Int32)),
+]));
+const OFFSET_FETCH_REQUEST_GROUP: Ty = Struct(&fields(&[
+    Field::new("group_id", String),
+    Field::new("member_id", NullableString).since(9),
+    Field::new("member_epoch", Int32).since(9),
+    Field::new("topics", NullableArray(&OFFSET_FETCH_REQUEST_TOPIC)),
+]));
+const OFFSET_FETCH_REQUEST: Layout = fields(&[
+    Field::new("group_id", String).until(7),
+    Field::new("topics", NullableArray(&OFFSET_FETCH_REQUEST_TOPIC)).until(7),
+    Field::new("groups", Array(&OFFSET_FETCH_REQUEST_GROUP)).since(8),
+    Field::new("require_stable", Bool).since(7),
+]);
+
+// FindCoordinator (10): v4 replaced the key by an array of keys.
+const FIND_COORDINATOR_REQUEST: Layout = fields(&[
+    Field::new("key", String).until(3),
+    Field::new("key_type", Int8).since(1),
+    Field::new("coordinator_keys", Array(&String)).since(4),
+]);
+
+// JoinGroup (11)
+const JOIN_GROUP_REQUEST_PROTOCOL: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("metadata", Bytes),
+]));
+const JOIN_GROUP_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("session_timeout_ms", Int32),
+    Field::new("rebalance_timeout_ms", Int32).since(1),
+    Field::new("member_id", String),
+    Field::new("group_instance_id", NullableString).since(5),
+    Field::new("protocol_type", String),
+    Field::new("protocols", Array(&JOIN_GROUP_REQUEST_PROTOCOL)),
+    Field::new("reason", NullableString).since(8),
+]);
+
+// Heartbeat (12)
+const HEARTBEAT_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("generation_id", Int32),
+    Field::new("member_id", String),
+    Field::new("group_instance_id", NullableString).since(3),
+]);
+
+// LeaveGroup (13): v3 replaced the member id by an array of members.
+const LEAVE_GROUP_MEMBER: Ty = Struct(&fields(&[
+    Field::new("member_id", String),
+    Field::new("group_instance_id", NullableString),
+    Field::new("reason", NullableString).since(5),
+]));
+const LEAVE_GROUP_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("member_id", String).until(2),
+    Field::new("members", Array(&LEAVE_GROUP_MEMBER)).since(3),
+]);
+
+// SyncGroup (14)
+const SYNC_GROUP_REQUEST_ASSIGNMENT: Ty = Struct(&fields(&[
+    Field::new("member_id", String),
+    Field::new("assignment", Bytes),
+]));
+const SYNC_GROUP_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("generation_id", Int32),
+    Field::new("member_id", String),
+    Field::new("group_instance_id", NullableString).since(3),
+    Field::new("protocol_type", NullableString).since(5),
+    Field::new("protocol_name", NullableString).since(5),
+    Field::new("assignments", Array(&SYNC_GROUP_REQUEST_ASSIGNMENT)),
+]);
+
+// DescribeGroups (15)
+const DESCRIBE_GROUPS_REQUEST: Layout = fields(&[
+    Field::new("groups", Array(&String)),
+    Field::new("include_authorized_operations", Bool).since(3),
+]);
+
+// ListGroups (16)
+const LIST_GROUPS_REQUEST: Layout = fields(&[
+    Field::new("states_filter", Array(&String)).since(4),
+    Field::new("types_filter", Array(&String)).since(5),
+]);
+
+// DeleteGroups (42)
+const DELETE_GROUPS_REQUEST: Layout = fields(&[Field::new("groups_names", Array(&String))]);
+
+// OffsetDelete (47)
+const OFFSET_DELETE_REQUEST_PARTITION: Ty =
+    Struct(&fields(&[Field::new("partition_index", Int32)]));
+const OFFSET_DELETE_REQUEST_TOPIC: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("partitions", Array(&OFFSET_DELETE_REQUEST_PARTITION)),
+]));
+const OFFSET_DELETE_REQUEST: Layout = fields(&[
+    Field::new("group_id", String),
+    Field::new("topics", Array(&OFFSET_DELETE_REQUEST_TOPIC)),
+]);
+
 // ---------------------------------------------------------------------------------------------
 // Walker
 // ---------------------------------------------------------------------------------------------
@@ -481,7 +619,7 @@ impl<'a> Walker<'a> {
             Int64 => 8,
             Uuid => 16,
             String | NullableString => prefix(2),
-            Records | Array(_) | NullableArray(_) => prefix(4),
+            Records | Bytes | Array(_) | NullableArray(_) => prefix(4),
             Struct(s) => {
                 let tags = u64::from(self.flexible);
                 s.fields
@@ -508,7 +646,7 @@ impl<'a> Walker<'a> {
                     None => Ok(()),
                 }
             }
-            Records => match self.length(field, Prefix::I32, true)? {
+            Records | Bytes => match self.length(field, Prefix::I32, matches!(ty, Records))? {
                 Some(len) => self.take_len(len, field).map(drop),
                 None => Ok(()),
             },
@@ -602,7 +740,13 @@ mod tests {
         create_topics_request as ct, delete_topics_request as dt, describe_cluster_request as dc,
         describe_configs_request as dcfg, fetch_request as fe, list_offsets_request as lo,
         metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
-        BrokerId, TopicName, TransactionalId,
+        BrokerId, GroupId, TopicName, TransactionalId,
+    };
+    use kafka_protocol::messages::{
+        delete_groups_request as dg, describe_groups_request as dgr,
+        find_coordinator_request as fc, heartbeat_request as hb, join_group_request as jg,
+        leave_group_request as lg, list_groups_request as lgr, offset_commit_request as oc,
+        offset_delete_request as od, offset_fetch_request as of, sync_group_request as sg,
     };
     use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
@@ -661,6 +805,17 @@ mod tests {
             32 => len::<dcfg::DescribeConfigsRequest>(body, version),
             37 => len::<cp::CreatePartitionsRequest>(body, version),
             60 => len::<dc::DescribeClusterRequest>(body, version),
+            8 => len::<oc::OffsetCommitRequest>(body, version),
+            9 => len::<of::OffsetFetchRequest>(body, version),
+            10 => len::<fc::FindCoordinatorRequest>(body, version),
+            11 => len::<jg::JoinGroupRequest>(body, version),
+            12 => len::<hb::HeartbeatRequest>(body, version),
+            13 => len::<lg::LeaveGroupRequest>(body, version),
+            14 => len::<sg::SyncGroupRequest>(body, version),
+            15 => len::<dgr::DescribeGroupsRequest>(body, version),
+            16 => len::<lgr::ListGroupsRequest>(body, version),
+            42 => len::<dg::DeleteGroupsRequest>(body, version),
+            47 => len::<od::OffsetDeleteRequest>(body, version),
             _ => unreachable!("no codec for key {key}"),
         }
     }
@@ -979,6 +1134,199 @@ mod tests {
         }
     }
 
+    // ---- consumer groups ---------------------------------------------------------------
+
+    fn group(v: &'static str) -> GroupId {
+        GroupId(s(v))
+    }
+
+    fn offset_commit(v: i16) -> oc::OffsetCommitRequest {
+        let partition = |i: i32, metadata: Option<StrBytes>| {
+            let p = oc::OffsetCommitRequestPartition::default()
+                .with_partition_index(i)
+                .with_committed_offset(1000 + i64::from(i))
+                .with_committed_metadata(metadata);
+            if v >= 6 {
+                p.with_committed_leader_epoch(3)
+            } else {
+                p
+            }
+        };
+        let mut req = oc::OffsetCommitRequest::default()
+            .with_group_id(group("g"))
+            .with_generation_id_or_member_epoch(4)
+            .with_member_id(s("member-1"))
+            .with_topics(vec![
+                oc::OffsetCommitRequestTopic::default()
+                    .with_name(topic("orders"))
+                    .with_partitions(vec![partition(0, Some(s("meta"))), partition(1, None)]),
+                oc::OffsetCommitRequestTopic::default().with_name(topic("payments")),
+            ]);
+        if v >= 7 {
+            req = req.with_group_instance_id(Some(s("instance-1")));
+        }
+        if v <= 4 {
+            req = req.with_retention_time_ms(60_000);
+        }
+        req
+    }
+
+    fn offset_fetch(v: i16) -> of::OffsetFetchRequest {
+        if v >= 8 {
+            let g = |id, topics| {
+                let g = of::OffsetFetchRequestGroup::default()
+                    .with_group_id(group(id))
+                    .with_topics(topics);
+                if v >= 9 {
+                    g.with_member_id(Some(s("m"))).with_member_epoch(3)
+                } else {
+                    g
+                }
+            };
+            let topics = of::OffsetFetchRequestTopics::default()
+                .with_name(topic("orders"))
+                .with_partition_indexes(vec![0, 1, 2]);
+            return of::OffsetFetchRequest::default()
+                .with_groups(vec![g("g1", Some(vec![topics])), g("g2", None)])
+                .with_require_stable(true);
+        }
+        let req = of::OffsetFetchRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(Some(vec![of::OffsetFetchRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partition_indexes(vec![0, 1])]));
+        if v >= 7 {
+            req.with_require_stable(true)
+        } else {
+            req
+        }
+    }
+
+    fn find_coordinator(v: i16) -> fc::FindCoordinatorRequest {
+        let req = fc::FindCoordinatorRequest::default();
+        let req = if v >= 4 {
+            req.with_coordinator_keys(vec![s("g1"), s("g2")])
+        } else {
+            req.with_key(s("g1"))
+        };
+        if v >= 1 {
+            req.with_key_type(0)
+        } else {
+            req
+        }
+    }
+
+    fn join_group(v: i16) -> jg::JoinGroupRequest {
+        let protocol = |name| {
+            jg::JoinGroupRequestProtocol::default()
+                .with_name(s(name))
+                .with_metadata(Bytes::from_static(b"\0\x01subscription"))
+        };
+        let mut req = jg::JoinGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_session_timeout_ms(45_000)
+            .with_member_id(s("member-1"))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![protocol("range"), protocol("roundrobin")]);
+        if v >= 1 {
+            req = req.with_rebalance_timeout_ms(300_000);
+        }
+        if v >= 5 {
+            req = req.with_group_instance_id(Some(s("instance-1")));
+        }
+        if v >= 8 {
+            req = req.with_reason(Some(s("rebalance")));
+        }
+        req
+    }
+
+    fn heartbeat(v: i16) -> hb::HeartbeatRequest {
+        let req = hb::HeartbeatRequest::default()
+            .with_group_id(group("g"))
+            .with_generation_id(3)
+            .with_member_id(s("member-1"));
+        if v >= 3 {
+            req.with_group_instance_id(Some(s("instance-1")))
+        } else {
+            req
+        }
+    }
+
+    fn leave_group(v: i16) -> lg::LeaveGroupRequest {
+        let req = lg::LeaveGroupRequest::default().with_group_id(group("g"));
+        if v <= 2 {
+            return req.with_member_id(s("member-1"));
+        }
+        let member = |id, instance: Option<StrBytes>| {
+            let m = lg::MemberIdentity::default()
+                .with_member_id(s(id))
+                .with_group_instance_id(instance);
+            if v >= 5 {
+                m.with_reason(Some(s("bye")))
+            } else {
+                m
+            }
+        };
+        req.with_members(vec![member("m-1", None), member("", Some(s("i-2")))])
+    }
+
+    fn sync_group(v: i16) -> sg::SyncGroupRequest {
+        let assignment = |id| {
+            sg::SyncGroupRequestAssignment::default()
+                .with_member_id(s(id))
+                .with_assignment(Bytes::from_static(b"\0\x01assignment"))
+        };
+        let mut req = sg::SyncGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_generation_id(3)
+            .with_member_id(s("m-1"))
+            .with_assignments(vec![assignment("m-1"), assignment("m-2")]);
+        if v >= 3 {
+            req = req.with_group_instance_id(Some(s("instance-1")));
+        }
+        if v >= 5 {
+            req = req
+                .with_protocol_type(Some(s("consumer")))
+                .with_protocol_name(Some(s("range")));
+        }
+        req
+    }
+
+    fn describe_groups(v: i16) -> dgr::DescribeGroupsRequest {
+        let req = dgr::DescribeGroupsRequest::default().with_groups(vec![group("a"), group("b")]);
+        if v >= 3 {
+            req.with_include_authorized_operations(true)
+        } else {
+            req
+        }
+    }
+
+    fn list_groups(v: i16) -> lgr::ListGroupsRequest {
+        let mut req = lgr::ListGroupsRequest::default();
+        if v >= 4 {
+            req = req.with_states_filter(vec![s("Stable"), s("Empty")]);
+        }
+        if v >= 5 {
+            req = req.with_types_filter(vec![s("classic")]);
+        }
+        req
+    }
+
+    fn delete_groups(_v: i16) -> dg::DeleteGroupsRequest {
+        dg::DeleteGroupsRequest::default().with_groups_names(vec![group("a"), group("")])
+    }
+
+    fn offset_delete(_v: i16) -> od::OffsetDeleteRequest {
+        od::OffsetDeleteRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(vec![od::OffsetDeleteRequestTopic::default()
+                .with_name(topic("orders"))
+                .with_partitions(vec![
+                    od::OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    od::OffsetDeleteRequestPartition::default().with_partition_index(7),
+                ])])
+    }
+
     fn cases_for<R: Request>(build: fn(i16) -> R) -> Vec<Case> {
         (R::VERSIONS.min..=R::VERSIONS.max)
             .map(|v| encode(&build(v), v))
@@ -999,6 +1347,22 @@ mod tests {
         cases.extend(cases_for(describe_configs));
         cases.extend(cases_for(create_partitions));
         cases.extend(cases_for(describe_cluster));
+        cases.extend(cases_for(offset_commit));
+        cases.extend(cases_for(offset_fetch));
+        cases.extend(cases_for(find_coordinator));
+        cases.extend(cases_for(join_group));
+        cases.extend(cases_for(heartbeat));
+        cases.extend(cases_for(leave_group));
+        cases.extend(cases_for(sync_group));
+        cases.extend(cases_for(describe_groups));
+        cases.extend(cases_for(list_groups));
+        cases.extend(cases_for(delete_groups));
+        cases.extend(cases_for(offset_delete));
+        // OffsetFetch for all topics (null), v2-v7.
+        for v in 2..=7 {
+            let req = offset_fetch(v).with_topics(None);
+            cases.push(encode(&req, v));
+        }
         // Null and empty arrays, empty strings.
         for v in 0..=13 {
             cases.push(encode(&md::MetadataRequest::default().with_topics(None), v));
@@ -1032,7 +1396,23 @@ mod tests {
         check::<dcfg::DescribeConfigsRequest>();
         check::<cp::CreatePartitionsRequest>();
         check::<dc::DescribeClusterRequest>();
-        assert_eq!(APIS.len(), 11);
+        check::<oc::OffsetCommitRequest>();
+        check::<of::OffsetFetchRequest>();
+        check::<fc::FindCoordinatorRequest>();
+        check::<jg::JoinGroupRequest>();
+        check::<hb::HeartbeatRequest>();
+        check::<lg::LeaveGroupRequest>();
+        check::<sg::SyncGroupRequest>();
+        check::<dgr::DescribeGroupsRequest>();
+        check::<lgr::ListGroupsRequest>();
+        check::<dg::DeleteGroupsRequest>();
+        check::<od::OffsetDeleteRequest>();
+        assert_eq!(APIS.len(), 22);
+        // Every served API is walked, and nothing else.
+        for (key, min, max, _) in crate::protocol::SUPPORTED {
+            let api = APIS.iter().find(|a| a.key == *key as i16);
+            assert_eq!(api.map(|a| (a.min, a.max)), Some((*min, *max)), "{key:?}");
+        }
     }
 
     #[test]
@@ -1081,8 +1461,8 @@ mod tests {
                 );
             }
         }
-        // OffsetCommit, JoinGroup, an unknown key.
-        for key in [8, 11, 1000, -1] {
+        // DeleteRecords, InitProducerId, an unknown key.
+        for key in [21, 22, 1000, -1] {
             assert_eq!(
                 check_request_body(key, 0, &[0; 64]),
                 Err(unsupported(key, 0))

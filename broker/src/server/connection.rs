@@ -59,14 +59,19 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, listener: &'static str, br
         }
         .instrument(span.clone()),
     );
-    read_loop(
-        BufReader::with_capacity(64 * 1024, rd),
-        listener,
-        &broker,
-        tx,
-    )
-    .instrument(span)
-    .await;
+    // PEER: the client's address for handlers that record it (JoinGroup).
+    crate::api::PEER
+        .scope(
+            peer,
+            read_loop(
+                BufReader::with_capacity(64 * 1024, rd),
+                listener,
+                &broker,
+                tx,
+            ),
+        )
+        .instrument(span)
+        .await;
     let _ = writer.await;
 }
 
