@@ -1,5 +1,7 @@
 //! `softswitch`: a software sequencer switch. It runs [`Pipeline`] (the same logic as
-//! `p4/sequencer.p4`) over UDP, one packet at a time, with Prometheus metrics.
+//! `p4/sequencer.p4`) over UDP, one packet at a time, inside the host loop of
+//! [`sequencer_p4::host`] (idle-token pacing, optional link emulation), with Prometheus
+//! metrics.
 //!
 //! The pipeline is owned by one task and never shared: the switch's state is exactly the
 //! pipeline's registers, and it is lost when the process exits, as a switch's would be.
