@@ -4,6 +4,7 @@ its monotonic time, for checker.py."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -16,7 +17,12 @@ from checker import Ack, Read
 # per-partition order through retries. Short request timeouts so a paused or cut-off
 # leader is given up on quickly; a long message timeout so records wait out a failover
 # instead of failing.
+# librdkafka's log lines (connection refused while a broker is down, ...) go to Python
+# logging, which pytest shows only for failed tests.
+LOGGER = logging.getLogger("rdkafka")
+
 PRODUCER_CONF = {
+    "logger": LOGGER,
     "acks": "all",
     "enable.idempotence": False,
     "max.in.flight.requests.per.connection": 1,
@@ -33,6 +39,7 @@ PRODUCER_CONF = {
 }
 
 CONSUMER_CONF = {
+    "logger": LOGGER,
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     # Out of range (e.g. after a truncation) -> back to the start: redeliveries, never a skip.
@@ -58,7 +65,7 @@ class ProducerLoad(threading.Thread):
         self.acks: list[Ack] = []
         self.errors: list[str] = []
         self.sent = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.unflushed = None
         self.exception: BaseException | None = None
 
@@ -74,10 +81,10 @@ class ProducerLoad(threading.Thread):
     def run(self):
         try:
             start = time.monotonic()
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 # Paced: the number of records due by now, not a fixed sleep.
                 due = int((time.monotonic() - start) * self.rate) + 1
-                while self.sent < due and not self._stop.is_set():
+                while self.sent < due and not self._halt.is_set():
                     seq = self.sent
                     try:
                         self.producer.produce(self.topic, f"{self.name}:{seq}".encode(),
@@ -96,7 +103,7 @@ class ProducerLoad(threading.Thread):
             self.exception = e
 
     def stop(self, timeout: float = 240) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout)
         if self.is_alive():
             raise AssertionError(f"producer did not finish within {timeout}s")
@@ -124,14 +131,14 @@ class ConsumerLoad(threading.Thread):
         self.reads: list[Read] = []
         self.errors: list[str] = []
         self.last: dict[int, int] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.exception: BaseException | None = None
 
     def run(self):
         try:
             self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
                                   for p in range(self.partitions)])
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 for m in self.consumer.consume(500, timeout=0.2):
                     err = m.error()
                     if err is not None:
@@ -152,7 +159,7 @@ class ConsumerLoad(threading.Thread):
         return all(self.last.get(p, -1) >= off for p, off in targets.items())
 
     def stop(self, timeout: float = 30) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout)
         if self.is_alive():
             raise AssertionError(f"consumer did not finish within {timeout}s")

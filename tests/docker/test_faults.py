@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from checker import check, partition_stall, stream_stall, table_row
 from cluster import KAFKA_PORTS, Cluster, wait_for
-from load import ConsumerLoad, ProducerLoad
+from load import LOGGER, ConsumerLoad, ProducerLoad
 
 PARTITIONS = int(os.environ.get("GSN_FAULTS_PARTITIONS", "6"))
 RATE = float(os.environ.get("GSN_FAULTS_RATE", "400"))
@@ -49,7 +49,7 @@ _ADMINS: dict[str, AdminClient] = {}
 def admin(c: Cluster) -> AdminClient:
     bootstrap = c.bootstrap()
     if bootstrap not in _ADMINS:
-        _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap,
+        _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap, "logger": LOGGER,
                                           "socket.timeout.ms": 5000,
                                           "reconnect.backoff.max.ms": 1000})
     return _ADMINS[bootstrap]
@@ -104,8 +104,8 @@ def test_metadata_from_host_lists_every_broker(cluster: Cluster):
     """`kcat -b localhost:9092 -L`: every broker, at the address the host reaches it."""
     ids = cluster.broker_ids()
     for b in ids:
-        md = AdminClient({"bootstrap.servers": f"localhost:{KAFKA_PORTS[b]}"}).list_topics(
-            timeout=10)
+        md = AdminClient({"bootstrap.servers": f"localhost:{KAFKA_PORTS[b]}",
+                          "logger": LOGGER}).list_topics(timeout=10)
         got = {bm.id: (bm.host, bm.port) for bm in md.brokers.values()}
         assert got == {i: ("localhost", KAFKA_PORTS[i]) for i in ids}, got
     if shutil.which("kcat"):
@@ -278,11 +278,13 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
     failover = fault.progress_while_held and (not fault.broker_fault
                                               or len(c.broker_ids()) >= 3)
     notes = []
+    injected = healed = False
     try:
         wait_for(lambda: min(producer.acks_since(0).values()) >= PROGRESS,
                  "acknowledgements on every partition before the fault", 90, 0.2)
 
         t_fault = time.monotonic()
+        injected = True
         fault.inject(c, topic, ctx)
         wait_for(lambda: fault.held(c, topic, ctx), f"{fault.name}: fault in place", 60, 0.2)
         if failover:
@@ -292,26 +294,38 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
         t_recovered = time.monotonic()
 
         t_heal = time.monotonic()
+        healed = True
         fault.heal(c, topic, ctx)
         wait_for(lambda: whole(c, topic), f"{fault.name}: cluster whole again after healing",
                  240, 1.0)
         wait_for(lambda: min(producer.acks_since(t_heal).values()) >= PROGRESS,
                  f"{fault.name}: every partition acknowledged after healing", 120, 0.2)
         t_end = time.monotonic()
+    except BaseException:
+        c.save_logs(f"fail-{topic}")
+        if injected and not healed:
+            # Leave the cluster whole for the next test whatever happened here.
+            try:
+                fault.heal(c, topic, ctx)
+            except Exception as e:  # noqa: BLE001 - the original failure matters more
+                print(f"healing after a failure failed too: {e!r}")
+        raise
     finally:
-        producer.stop()
-        # Read until every partition is read up to its last acknowledged offset; if an
-        # acknowledged record was lost at the end of a partition this never happens, and the
-        # checker says so below.
-        targets = {}
-        for a in producer.acks:
-            targets[a.partition] = max(targets.get(a.partition, -1), a.offset)
         try:
-            wait_for(lambda: consumer.caught_up(targets), "the consumer to read every "
-                     "acknowledged offset", 90, 0.2)
-        except AssertionError as e:
-            notes.append(str(e))
-        consumer.stop()
+            producer.stop()
+        finally:
+            # Read until every partition is read up to its last acknowledged offset; if an
+            # acknowledged record was lost at the end of a partition this never happens,
+            # and the checker says so below.
+            targets = {}
+            for a in producer.acks:
+                targets[a.partition] = max(targets.get(a.partition, -1), a.offset)
+            try:
+                wait_for(lambda: consumer.caught_up(targets), "the consumer to read every "
+                         "acknowledged offset", 90, 0.2)
+            except AssertionError as e:
+                notes.append(str(e))
+            consumer.stop()
 
     rep = check(producer.acks, consumer.reads, failed=len(producer.errors))
     stall = partition_stall(producer.acks, t_fault, t_end)
@@ -322,7 +336,7 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
           f"stall {stall:.2f}s, read stall {read_stall:.2f}s, dup records "
           f"{rep.duplicated_records}, redelivered {rep.redelivered}; {notes}")
     if not rep.ok or producer.errors or stall > fault.stall_limit:
-        c.save_logs(f"fail-{topic}")
+        print(f"container logs: {c.save_logs(f'fail-{topic}')}")
     assert rep.ok, f"{fault.name}: {rep.problems()}"
     assert not producer.errors, f"{len(producer.errors)} deliveries failed: {producer.errors[:3]}"
     assert producer.unflushed == 0, f"{producer.unflushed} records never flushed"
