@@ -94,13 +94,13 @@ cat <<EOF
 The cluster is up.
   Kafka from this machine:     localhost:9092, localhost:9093, localhost:9094 (broker-1..3)
   Kafka inside the network:    broker-1:19092, broker-2:19092, broker-3:19092
-  /metrics:                    brokers localhost:9101..9103, switches 9650..9651,
-                               ring controllers 9701..9703 (also GET /ring)
+  /metrics:                    brokers localhost:9101..9103; switches 10.213.7.21..22:9650;
+                               ring controllers 10.213.7.11..13:9700 (also GET /ring)
 
   kcat -b localhost:9092 -L                                   # 3 brokers, topics, leaders
   echo hello | kcat -b localhost:9092 -t demo -P              # produce (topic auto-created, RF 3)
   kcat -b localhost:9092 -t demo -C -e -o beginning           # consume everything, then exit
-  curl -s localhost:9701/ring                                 # the switch ring's installed epoch
+  curl -s 10.213.7.11:9700/ring                               # the switch ring's installed epoch
 
   ${COMPOSE[*]} ps                                            # state and health
   ${COMPOSE[*]} logs -f broker-1                              # one service's log

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Host ports, as published by docker-compose.yml.
 KAFKA_PORTS = {1: 9092, 2: 9093, 3: 9094}
-CONTROLLER_ADMIN_PORTS = {1: 9701, 2: 9702, 3: 9703}
-SWITCH_METRICS_PORTS = {0: 9650, 1: 9651}
+# Ring controllers' admin HTTP port inside their containers (not published on the host:
+# reached at the container's address on the compose network).
+CONTROLLER_IDS = (1, 2, 3)
+CONTROLLER_ADMIN_PORT = 9700
 CLI_TIMEOUT_S = 120
 
 
@@ -69,17 +71,17 @@ def docker_reachable() -> bool:
         return False
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path -> (status, body); HTTP errors are answers too."""
+def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET http://host:port/path -> (status, body); HTTP errors are answers too."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
 
 
-def http_post(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST")
+def http_post(host: str, port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode()
@@ -106,6 +108,7 @@ class Cluster:
         self.compose_cmd = compose_command()
         self.log_dir = log_dir
         self._ids: dict[str, str] = {}
+        self._ips: dict[str, str] = {}
         # Network attachments saved by disconnect(), restored by connect().
         self._detached: dict[str, dict] = {}
 
@@ -135,6 +138,7 @@ class Cluster:
         t0 = time.monotonic()
         self.compose("up", "-d", timeout=timeout)
         self._ids.clear()
+        self._ips.clear()
         self.wait_healthy(self.running_services(), timeout=timeout)
         return time.monotonic() - t0
 
@@ -256,14 +260,26 @@ class Cluster:
             self.docker(*args, name, self.container(service))
 
     # ---- ring --------------------------------------------------------------------
-    def controller_services(self) -> dict[int, str]:
-        return {c: f"ring-ctrl-{c}" for c in CONTROLLER_ADMIN_PORTS}
+    def ip(self, service: str) -> str:
+        """The container's address on its (first) network, remembered: the compose file
+        fixes it, and it must stay known while the container is stopped."""
+        if service not in self._ips:
+            nets = self.networks_of(service)
+            ip = next((n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address")
+                       for n in nets.values()), None)
+            if not ip:
+                raise RuntimeError(f"{service} has no IP address")
+            self._ips[service] = ip
+        return self._ips[service]
+
+    def controller_admin(self, c: int) -> tuple[str, int]:
+        return self.ip(f"ring-ctrl-{c}"), CONTROLLER_ADMIN_PORT
 
     def ring_config(self) -> dict:
         """The installed ring configuration, from the first controller that answers."""
-        for c, port in CONTROLLER_ADMIN_PORTS.items():
+        for c in CONTROLLER_IDS:
             try:
-                status, body = http_get(port, "/ring")
+                status, body = http_get(*self.controller_admin(c), "/ring", timeout=1.0)
             except OSError:
                 continue
             if status == 200:
@@ -272,9 +288,9 @@ class Cluster:
 
     def controller_leader(self) -> int | None:
         """Id of the controller whose /metrics says ring_controller_is_leader 1."""
-        for c, port in CONTROLLER_ADMIN_PORTS.items():
+        for c in CONTROLLER_IDS:
             try:
-                status, body = http_get(port, "/metrics")
+                status, body = http_get(*self.controller_admin(c), "/metrics", timeout=1.0)
             except OSError:
                 continue
             if status == 200 and metric(body, "ring_controller_is_leader") == 1:
@@ -289,7 +305,7 @@ class Cluster:
             leader = self.controller_leader()
             if leader is None:
                 return False
-            status, _ = http_post(CONTROLLER_ADMIN_PORTS[leader], f"/resize?switches={query}")
+            status, _ = http_post(*self.controller_admin(leader), f"/resize?switches={query}")
             return status == 200
 
         wait_for(attempt, f"a controller leader to accept resize to {query}", timeout, 0.5)
