@@ -104,9 +104,10 @@ class BrokerProcess:
         return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [
-            str(self.binary),
-            "--node-id", "1",
+        args = [str(self.binary)]
+        if "node_id" not in self.extra_args:
+            args += ["--node-id", "1"]
+        args += [
             "--listen", f"127.0.0.1:{self.port}",
             "--advertised-host", "127.0.0.1",
             "--data-dir", str(self.data_dir),
