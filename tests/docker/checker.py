@@ -195,14 +195,18 @@ def stream_stall(times: Sequence[float], since: float, until: float) -> float:
     return max(b - a for a, b in zip(points, points[1:]))
 
 
-HEADER = ("fault", "acked", "failed", "read", "lost", "dup offs", "dup recs",
-          "order", "stall s", "read stall s", "ok")
+HEADER = ("fault", "target", "acked", "failed", "read", "lost", "dup offs", "dup recs",
+          "order", "recover s", "stall s", "read stall s", "ok")
 
 
-def table_row(fault: str, rep: Report, stall: float, read_stall: float) -> tuple:
-    return (fault, rep.acked, rep.failed, rep.read, len(rep.lost),
+def table_row(fault: str, rep: Report, stall: float, read_stall: float,
+              target: str = "", recover: float | None = None) -> tuple:
+    """One summary line. recover: seconds from the fault until every partition was
+    acknowledged again while the fault held (None: not measured)."""
+    return (fault, target or "-", rep.acked, rep.failed, rep.read, len(rep.lost),
             len(rep.offset_reuse) + len(rep.cross_partition), rep.duplicated_records,
-            len(rep.read_order) + len(rep.producer_order), f"{stall:.2f}",
+            len(rep.read_order) + len(rep.producer_order),
+            "-" if recover is None else f"{recover:.2f}", f"{stall:.2f}",
             f"{read_stall:.2f}", "yes" if rep.ok else "NO")
 
 

@@ -171,9 +171,12 @@ def test_table():
     acks, reads = history()
     rep = check(acks, reads)
     bad = check(acks, reads[1:])
-    out = format_table([table_row("kill broker", rep, 1.234, 0.5),
+    out = format_table([table_row("kill broker", rep, 1.234, 0.5, "broker-2", 0.9),
                         table_row("pause broker", bad, 9.0, 2.0)])
     lines = out.splitlines()
-    assert lines[0].split()[0] == "fault"
-    assert "1.23" in lines[2] and lines[2].rstrip().endswith("yes")
+    assert lines[0].split()[:2] == ["fault", "target"]
+    assert "1.23" in lines[2] and "0.90" in lines[2] and "broker-2" in lines[2]
+    assert lines[2].rstrip().endswith("yes")
     assert lines[3].rstrip().endswith("NO")
+    # Every line is as wide as the header (columns aligned).
+    assert len({len(line) for line in lines}) == 1

@@ -95,6 +95,25 @@ def create_topic(c: Cluster) -> str:
     return topic
 
 
+def leader_views(c: Cluster, topic: str, skip: str = "") -> dict:
+    """Each broker's own Metadata answer for the topic's leaders ({broker: {p: leader}}),
+    asking every broker but `skip` directly (informational: printed with the results)."""
+    views = {}
+    for b in c.broker_ids():
+        if f"broker-{b}" == skip:
+            continue
+        key = f"localhost:{KAFKA_PORTS[b]}"
+        if key not in _ADMINS:
+            _ADMINS[key] = AdminClient({"bootstrap.servers": key, "logger": LOGGER,
+                                        "socket.timeout.ms": 3000})
+        try:
+            md = _ADMINS[key].list_topics(topic, timeout=3)
+            views[b] = {p: pm.leader for p, pm in md.topics[topic].partitions.items()}
+        except Exception as e:  # noqa: BLE001 - informational
+            views[b] = repr(e)
+    return views
+
+
 def leader_of(c: Cluster, topic: str, partition: int = 0) -> int:
     return topic_state(c, topic)[partition].leader
 
@@ -250,17 +269,17 @@ def nothing(c, topic, ctx):
 
 
 FAULTS = [
-    Fault("kill -9 broker (partition 0 leader)", kill_broker, restart_broker,
+    Fault("kill -9 broker (p0 leader)", kill_broker, restart_broker,
           held=broker_down, broker_fault=True),
-    Fault("pause broker (partition 0 leader)", pause_broker, unpause_broker,
+    Fault("pause broker (p0 leader)", pause_broker, unpause_broker,
           held=broker_down, broker_fault=True),
-    Fault("cut broker off the network", cut_broker, reconnect_broker,
+    Fault("cut broker off (p0 leader)", cut_broker, reconnect_broker,
           held=broker_down, broker_fault=True, ctx={"cut": True}),
     Fault("kill -9 softswitch", kill_switch, restore_switch, held=switch_gone, stall_limit=30),
     Fault("kill -9 ring controller leader", kill_controller_leader, restart_controller,
           held=new_controller_leader, stall_limit=30),
     # Last: restarts everything; checks the data survives `restart`.
-    Fault("compose restart (all containers)", restart_all, nothing,
+    Fault("compose restart (all)", restart_all, nothing,
           progress_while_held=False, stall_limit=180),
 ]
 
@@ -283,15 +302,21 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
         wait_for(lambda: min(producer.acks_since(0).values()) >= PROGRESS,
                  "acknowledgements on every partition before the fault", 90, 0.2)
 
+        leaders = {p: pm.leader for p, pm in topic_state(c, topic).items()}
         t_fault = time.monotonic()
         injected = True
         fault.inject(c, topic, ctx)
         wait_for(lambda: fault.held(c, topic, ctx), f"{fault.name}: fault in place", 60, 0.2)
+        # The docker command itself takes a few hundred ms, during which the target still
+        # answers: progress counts only from here, where the fault is known to be in place.
+        t_placed = time.monotonic()
         if failover:
-            wait_for(lambda: min(producer.acks_since(t_fault).values()) >= PROGRESS,
+            wait_for(lambda: min(producer.acks_since(t_placed).values()) >= PROGRESS,
                      f"{fault.name}: every partition acknowledged again while the fault "
                      f"holds", 120, 0.2)
         t_recovered = time.monotonic()
+        notes.append(f"leaders before {leaders}; after, as each broker reports them: "
+                     f"{leader_views(c, topic, skip=ctx.get('broker', ''))}")
 
         t_heal = time.monotonic()
         healed = True
@@ -330,7 +355,13 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
     rep = check(producer.acks, consumer.reads, failed=len(producer.errors))
     stall = partition_stall(producer.acks, t_fault, t_end)
     read_stall = stream_stall([r.at for r in consumer.reads], t_fault, t_end)
-    summary_rows.append(table_row(fault.name, rep, stall, read_stall))
+    target = ctx.get("broker", "")
+    if "switch" in ctx:
+        target = f"switch-{ctx['switch']}"
+    elif "controller" in ctx:
+        target = f"ring-ctrl-{ctx['controller']}"
+    summary_rows.append(table_row(fault.name, rep, stall, read_stall, target,
+                                  t_recovered - t_fault if failover else None))
     print(f"\n{fault.name}: {ctx} recovered after {t_recovered - t_fault:.2f}s, "
           f"healed after {t_end - t_heal:.2f}s; acked {rep.acked}, read {rep.read}, "
           f"stall {stall:.2f}s, read stall {read_stall:.2f}s, dup records "
