@@ -18,14 +18,22 @@ strictly increasing within a partition, with gaps. The properties checked:
   an identical record again (a re-fetch after a reconnect) is counted as a redelivery, not a
   violation; a *new* offset below one already delivered is a violation (a record appeared in
   the part of the log the reader had passed).
-* **producer order**: within a partition, one producer's acknowledged records, in the order
-  it sent them, have strictly increasing offsets. Only meaningful when the producer keeps at
-  most one request in flight per connection (the driver does), so retries cannot reorder.
+* **real-time order**: a record whose acknowledgement the producer had received before
+  another record was even handed to it has the smaller offset — within a partition and
+  across partitions (GSNs follow the order in which the broker asked the sequencer, and a
+  batch acknowledged before another is produced asked first). Both times are taken on the
+  client: the acknowledgement time when the delivery callback ran (after the broker's
+  answer), the send time when produce() was called (before the request left), so a
+  violation is a real one.
 
 Counted but allowed: **duplicated records** ("dup recs": the same record stored at two
 offsets: with retries and idempotence off, a produce whose answer was lost is written again;
-at-least-once), redeliveries, and records whose delivery failed (the producer was told they
-failed, so either outcome is correct).
+at-least-once), **reordered records** ("reord": one producer's records to a partition stored
+in another order than it sent them, while neither was acknowledged before the other was
+sent: without idempotence a client may retry a batch from the old leader's connection after
+later batches went to the new leader, even with one request in flight per connection —
+librdkafka's max.in.flight is per connection, not per partition), redeliveries, and records
+whose delivery failed (the producer was told they failed, so either outcome is correct).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class Ack:
     partition: int
     offset: int
     value: bytes
-    at: float = 0.0   # monotonic time of the acknowledgement
+    at: float = 0.0    # monotonic time the acknowledgement reached the producer
+    sent: float = 0.0  # monotonic time produce() was called for the record
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,15 @@ class Report:
     offset_reuse: list = field(default_factory=list)    # (topic, partition, offset, values)
     cross_partition: list = field(default_factory=list)  # (offset, [(topic, partition)])
     read_order: list = field(default_factory=list)      # (topic, partition, prev, offset)
-    producer_order: list = field(default_factory=list)  # (producer, topic, partition, a, b)
+    realtime_order: list = field(default_factory=list)  # (earlier Ack, later Ack)
+    reordered: list = field(default_factory=list)       # (producer, topic, partition, a, b)
     duplicated_records: int = 0     # values stored at more than one offset (allowed)
     redelivered: int = 0            # identical re-reads (allowed)
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.offset_reuse or self.cross_partition
-                    or self.read_order or self.producer_order)
+                    or self.read_order or self.realtime_order)
 
     def problems(self, limit: int = 5) -> str:
         """Human-readable list of what failed, with a few examples of each."""
@@ -82,7 +92,8 @@ class Report:
                             ("offsets used twice in a partition", self.offset_reuse),
                             ("offsets used in two partitions", self.cross_partition),
                             ("reads out of order", self.read_order),
-                            ("producer order broken", self.producer_order)):
+                            ("acknowledged-before-sent records with larger offsets",
+                             self.realtime_order)):
             if items:
                 out.append(f"{len(items)} {name}, e.g. {items[:limit]}")
         return "; ".join(out) or "none"
@@ -141,7 +152,21 @@ def check(acks: Iterable[Ack], reads: Iterable[Read], failed: int = 0) -> Report
         if len(where[off]) > 1:
             rep.cross_partition.append((off, sorted(where[off])))
 
-    # Producer order: per producer and partition, send order = offset order.
+    # Real-time order: A acknowledged before B was sent => offset(A) < offset(B).
+    # Sweep B in send order; `best` is the acknowledged record with the largest offset among
+    # those acknowledged before B was sent.
+    by_ack = sorted(acks, key=lambda a: a.at)
+    i, best = 0, None
+    for b in sorted(acks, key=lambda a: a.sent):
+        while i < len(by_ack) and by_ack[i].at < b.sent:
+            if best is None or by_ack[i].offset > best.offset:
+                best = by_ack[i]
+            i += 1
+        if best is not None and best.offset >= b.offset and best.value != b.value:
+            rep.realtime_order.append((best, b))
+
+    # Reordering by client retries (allowed, counted): per producer and partition, send
+    # order against offset order.
     by_stream: dict[tuple, list] = defaultdict(list)
     for a in acks:
         by_stream[(a.producer, a.topic, a.partition)].append(a)
@@ -149,7 +174,7 @@ def check(acks: Iterable[Ack], reads: Iterable[Read], failed: int = 0) -> Report
         items.sort(key=lambda a: a.seq)
         for x, y in zip(items, items[1:]):
             if y.offset <= x.offset:
-                rep.producer_order.append(
+                rep.reordered.append(
                     (producer, topic, partition, (x.seq, x.offset), (y.seq, y.offset)))
 
     # Duplicated records: one value at several positions (at-least-once; allowed).
@@ -195,8 +220,8 @@ def stream_stall(times: Sequence[float], since: float, until: float) -> float:
     return max(b - a for a, b in zip(points, points[1:]))
 
 
-HEADER = ("fault", "target", "acked", "failed", "read", "lost", "dup offs", "dup recs",
-          "order", "recover s", "stall s", "read stall s", "ok")
+HEADER = ("fault", "target", "acked", "failed", "read", "lost", "dup offs", "order",
+          "dup recs", "reord", "recover s", "stall s", "read stall s", "ok")
 
 
 def table_row(fault: str, rep: Report, stall: float, read_stall: float,
@@ -204,8 +229,9 @@ def table_row(fault: str, rep: Report, stall: float, read_stall: float,
     """One summary line. recover: seconds from the fault until every partition was
     acknowledged again while the fault held (None: not measured)."""
     return (fault, target or "-", rep.acked, rep.failed, rep.read, len(rep.lost),
-            len(rep.offset_reuse) + len(rep.cross_partition), rep.duplicated_records,
-            len(rep.read_order) + len(rep.producer_order),
+            len(rep.offset_reuse) + len(rep.cross_partition),
+            len(rep.read_order) + len(rep.realtime_order), rep.duplicated_records,
+            len(rep.reordered),
             "-" if recover is None else f"{recover:.2f}", f"{stall:.2f}",
             f"{read_stall:.2f}", "yes" if rep.ok else "NO")
 

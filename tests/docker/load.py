@@ -14,7 +14,9 @@ from checker import Ack, Read
 
 # acks=all, retries (librdkafka's default is effectively unlimited within
 # message.timeout.ms), idempotence off. One request in flight per connection keeps the
-# per-partition order through retries. Short request timeouts so a paused or cut-off
+# per-partition order through plain retries (not across a leader change: the old leader's
+# connection may still retry a batch after later ones went to the new leader; the checker
+# counts that as "reord", allowed). Short request timeouts so a paused or cut-off
 # leader is given up on quickly; a long message timeout so records wait out a failover
 # instead of failing.
 # librdkafka's log lines (connection refused while a broker is down, ...) go to Python
@@ -69,13 +71,13 @@ class ProducerLoad(threading.Thread):
         self.unflushed = None
         self.exception: BaseException | None = None
 
-    def _delivered(self, seq: int):
+    def _delivered(self, seq: int, sent: float):
         def cb(err, msg):
             if err is not None:
                 self.errors.append(f"{seq}: {err}")
                 return
             self.acks.append(Ack(self.name, seq, msg.topic(), msg.partition(), msg.offset(),
-                                 msg.value(), time.monotonic()))
+                                 msg.value(), at=time.monotonic(), sent=sent))
         return cb
 
     def run(self):
@@ -89,7 +91,8 @@ class ProducerLoad(threading.Thread):
                     try:
                         self.producer.produce(self.topic, f"{self.name}:{seq}".encode(),
                                               partition=seq % self.partitions,
-                                              on_delivery=self._delivered(seq))
+                                              on_delivery=self._delivered(seq,
+                                                                          time.monotonic()))
                     except BufferError:
                         self.producer.poll(0.1)
                         continue

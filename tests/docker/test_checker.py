@@ -9,13 +9,14 @@ from checker import (Ack, Read, check, format_table, partition_stall, stream_sta
 
 
 def history(n=12, partitions=3, topic="t", producer="p0"):
-    """A clean run: record i goes to partition i % partitions at GSN 10 + 2*i (gaps)."""
+    """A clean run: record i goes to partition i % partitions at GSN 10 + 2*i (gaps); it is
+    sent at time i and acknowledged at i + 0.5, before record i + 1 is sent."""
     acks, reads = [], []
     for i in range(n):
         p = i % partitions
         off = 10 + 2 * i
         v = f"{producer}:{i}".encode()
-        acks.append(Ack(producer, i, topic, p, off, v, at=float(i)))
+        acks.append(Ack(producer, i, topic, p, off, v, at=i + 0.5, sent=float(i)))
     # A consumer reads each partition in offset order, partitions interleaved.
     for a in sorted(acks, key=lambda a: (a.offset)):
         reads.append(Read(a.topic, a.partition, a.offset, a.value, at=a.at + 0.5))
@@ -103,28 +104,71 @@ def test_read_going_back_to_a_new_offset_fails():
     assert rep.read_order == [("t", 0, 16, 13)]
 
 
-def test_producer_order_broken_fails():
+def swap_offsets(acks, reads, x, y, times=None):
+    """Records x and y (same partition) stored at each other's offsets; `times` maps x
+    and/or y to new (sent, at) times."""
+    times = times or {}
+    moved = {x: acks[y].offset, y: acks[x].offset}
+    out = []
+    for k, a in enumerate(acks):
+        if k in moved:
+            sent, at = times.get(k, (a.sent, a.at))
+            a = Ack(a.producer, a.seq, a.topic, a.partition, moved[k], a.value, at=at, sent=sent)
+        out.append(a)
+    by_offset = {a.offset: a for a in out}
+    new_reads = [Read(r.topic, r.partition, r.offset, by_offset[r.offset].value, r.at)
+                 for r in reads]
+    return out, new_reads
+
+
+def test_reordering_by_client_retries_is_allowed_and_counted():
     acks, reads = history()
-    # Producer sent seq 0 then seq 3 to partition 0 but got them stored the other way round.
-    a0, a3 = acks[0], acks[3]
-    acks2 = [a for a in acks if a not in (a0, a3)]
-    acks2 += [Ack(a0.producer, a0.seq, a0.topic, a0.partition, a3.offset, a0.value),
-              Ack(a3.producer, a3.seq, a3.topic, a3.partition, a0.offset, a3.value)]
-    reads2 = [r for r in reads if r.offset not in (a0.offset, a3.offset)]
-    reads2 += [Read("t", 0, a0.offset, a3.value), Read("t", 0, a3.offset, a0.value)]
-    reads2.sort(key=lambda r: r.offset)
+    # Records 0 and 3 (partition 0) in flight together (3 sent at 0.2, before 0's
+    # acknowledgement at 3.5): 0 was retried after 3 reached a new leader.
+    acks2, reads2 = swap_offsets(acks, reads, 0, 3, {0: (0.0, 3.5), 3: (0.2, 3.4)})
+    rep = check(acks2, reads2)
+    assert rep.ok, rep.problems()
+    assert rep.reordered == [("p0", "t", 0, (0, acks[3].offset), (3, acks[0].offset))]
+
+
+def test_acknowledged_before_sent_with_smaller_offset_fails():
+    acks, reads = history()
+    # Record 0 was acknowledged (0.5) before record 3 was sent (3.0), yet 3 got the smaller
+    # offset: the broker put a later batch before an acknowledged one. Records 1 and 2
+    # (other partitions, sent after 0.5) are below record 0's new offset too.
+    acks2, reads2 = swap_offsets(acks, reads, 0, 3)
     rep = check(acks2, reads2)
     assert not rep.ok
-    assert rep.producer_order == [("p0", "t", 0, (0, a3.offset), (3, a0.offset))]
+    assert [(a.seq, b.seq) for a, b in rep.realtime_order] == [(0, 1), (0, 2), (0, 3)]
     assert not rep.lost and not rep.offset_reuse and not rep.read_order
+
+
+def test_real_time_order_holds_across_partitions():
+    acks, reads = history()
+    # Record 7 (partition 1, sent at 7.0, after record 6 was acknowledged at 6.5) given a
+    # GSN below record 6's (partition 0): the total order across partitions is broken.
+    a7 = acks[7]
+    late = Ack(a7.producer, a7.seq, a7.topic, a7.partition, 21, a7.value, at=a7.at,
+               sent=a7.sent)
+    acks2 = acks[:7] + [late] + acks[8:]
+    reads2 = sorted([r for r in reads if r.value != a7.value]
+                    + [Read(a7.topic, a7.partition, 21, a7.value)], key=lambda r: r.offset)
+    rep = check(acks2, reads2)
+    assert not rep.ok
+    assert [(a.seq, b.seq) for a, b in rep.realtime_order] == [(6, 7)]
+    # Concurrent records (7 sent before 6 was acknowledged) may take either order.
+    early = Ack(a7.producer, a7.seq, a7.topic, a7.partition, 21, a7.value, at=a7.at,
+                sent=6.2)
+    assert check(acks[:7] + [early] + acks[8:], reads2).ok
 
 
 def test_retry_duplicates_are_allowed_and_counted():
     acks, reads = history()
-    # Record p0:10 (partition 1) was written at 30, its answer lost, and written again at 41
-    # (acked there) before the producer sent anything else to that partition.
-    first = next(a for a in acks if a.seq == 10)
-    again = Ack(first.producer, first.seq, first.topic, first.partition, 41, first.value)
+    # The last record, p0:11 (partition 2), was written at 32, its answer lost, and written
+    # again at 41 (acknowledged there).
+    first = next(a for a in acks if a.seq == 11)
+    again = Ack(first.producer, first.seq, first.topic, first.partition, 41, first.value,
+                at=first.at + 5, sent=first.sent)
     acks2 = [a for a in acks if a is not first] + [again]
     reads2 = reads + [Read(first.topic, first.partition, 41, first.value)]
     rep = check(acks2, reads2)

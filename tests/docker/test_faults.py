@@ -11,7 +11,8 @@ every partition from the start:
   again -> stop the producer, read everything, run checker.check.
 
 Each test fails on: an acknowledged record lost, an offset used twice (in a partition or
-across partitions), per-partition order broken, a delivery failure (records wait up to
+across partitions), order broken (reads going back in a partition; a record acknowledged
+before another was sent holding the larger offset), a delivery failure (records wait up to
 180 s), or a stall above the fault's generous limit. Every wait is a condition poll with a
 deadline. The summary table is printed at the end of the run (conftest.py).
 
@@ -365,7 +366,8 @@ def test_fault(cluster: Cluster, summary_rows, fault: Fault):
     print(f"\n{fault.name}: {ctx} recovered after {t_recovered - t_fault:.2f}s, "
           f"healed after {t_end - t_heal:.2f}s; acked {rep.acked}, read {rep.read}, "
           f"stall {stall:.2f}s, read stall {read_stall:.2f}s, dup records "
-          f"{rep.duplicated_records}, redelivered {rep.redelivered}; {notes}")
+          f"{rep.duplicated_records}, reordered by retries {len(rep.reordered)}, redelivered "
+          f"{rep.redelivered}; {notes}")
     if not rep.ok or producer.errors or stall > fault.stall_limit:
         print(f"container logs: {c.save_logs(f'fail-{topic}')}")
     assert rep.ok, f"{fault.name}: {rep.problems()}"
