@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Starts a whole cluster on loopback without containers (for benchmarks and debugging):
-# a ring of N softswitches and 3 ring controllers (scripts/ring-up.sh) and B brokers that
-# replicate with Raft.
+# a ring of N softswitches and 3 ring controllers and B brokers that replicate with Raft.
 #
 #   scripts/cluster-up.sh [B] [N]      (brokers, default 3; switches, default 2)
 #
@@ -22,7 +21,29 @@ mkdir -p "$CLUSTER_DIR"
 BIN="$CARGO_TARGET_DIR/release"
 [ -x "$BIN/broker" ] || { echo "no $BIN/broker: cargo build --release --workspace" >&2; exit 1; }
 
-RING_DIR="$CLUSTER_DIR/ring" RING_NO_BUILD=1 "$HERE/scripts/ring-up.sh" "$N" >/dev/null
+# The ring: switch i on UDP $((P + 650 + i)), controller c on UDP $((P + 700 + c)), Raft TCP
+# $((P + 710 + c)), admin HTTP $((P + 800 + c)); P=${PORT_BASE:-27000} keeps clear of
+# scripts/ring-up.sh's ports.
+P=${PORT_BASE:-27000}
+mkdir -p "$CLUSTER_DIR/ring"
+roster=()
+for ((i = 0; i < N; i++)); do roster+=("$i=127.0.0.1:$((P + 650 + i))"); done
+ROSTER="$(IFS=,; echo "${roster[*]}")"
+PEERS="1=127.0.0.1:$((P + 711)),2=127.0.0.1:$((P + 712)),3=127.0.0.1:$((P + 713))"
+for ((i = 0; i < N; i++)); do
+  "$BIN/softswitch" --id "$i" --listen "127.0.0.1:$((P + 650 + i))" \
+      --controller "127.0.0.1:$((P + 701))" --metrics-listen "127.0.0.1:$((P + 750 + i))" \
+      >"$CLUSTER_DIR/ring/switch-$i.log" 2>&1 &
+  echo $! >"$CLUSTER_DIR/ring/switch-$i.pid"
+done
+for c in 1 2 3; do
+  "$BIN/ring-controller" --id "$c" --peers "$PEERS" \
+      --raft-listen "127.0.0.1:$((P + 710 + c))" --udp-listen "127.0.0.1:$((P + 700 + c))" \
+      --admin-listen "127.0.0.1:$((P + 800 + c))" --switches "$ROSTER" \
+      --data-dir "$CLUSTER_DIR/ring/ctrl-$c" >"$CLUSTER_DIR/ring/ctrl-$c.log" 2>&1 &
+  echo $! >"$CLUSTER_DIR/ring/ctrl-$c.pid"
+done
+CONTROLLERS="127.0.0.1:$((P + 801)),127.0.0.1:$((P + 802)),127.0.0.1:$((P + 803))"
 
 seeds=()
 for ((b = 1; b <= B; b++)); do seeds+=("$b@127.0.0.1:$((19190 + b))"); done
@@ -35,7 +56,7 @@ for ((b = 1; b <= B; b++)); do
       --raft-listen "127.0.0.1:$((19190 + b))" \
       --metrics-listen "127.0.0.1:$((19290 + b))" \
       --data-dir "$CLUSTER_DIR/broker-$b" \
-      --sequencer ring --ring-controllers 127.0.0.1:9701,127.0.0.1:9702,127.0.0.1:9703 \
+      --sequencer ring --ring-controllers "$CONTROLLERS" \
       ${BROKER_ARGS:-} >"$CLUSTER_DIR/broker-$b.log" 2>&1 &
   echo $! >"$CLUSTER_DIR/broker-$b.pid"
 done

@@ -219,7 +219,8 @@ impl Partition {
     /// `lag_max` and whose replicated log reached the leader's applied index within
     /// `lag_max`, Kafka's replica.lag.time.max.ms) and returns (epoch, ISR).
     pub fn refresh_isr(&self, lag_max: Duration) -> Option<(i32, Vec<i32>)> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         if m.state != ServerState::Leader {
             return None;
         }

@@ -46,8 +46,9 @@ class Cluster:
 
     def __init__(self, tmp, ring: Ring, n: int = 3):
         self.tmp = tmp
-        raft = free_ports(n)
-        internal = free_ports(n)
+        # Every port of every broker in one call, so they cannot collide with each other.
+        ports = free_ports(4 * n)
+        kafka, metrics, raft, internal = (ports[k * n:(k + 1) * n] for k in range(4))
         self.internal_ports = {i + 1: internal[i] for i in range(n)}
         seeds = ",".join(f"{i + 1}@127.0.0.1:{raft[i]}" for i in range(n))
         controllers = ",".join(f"127.0.0.1:{p}" for p in ring.ctrl_admin)
@@ -56,7 +57,7 @@ class Cluster:
             node = i + 1
             self.brokers[node] = BrokerProcess.start(
                 broker_bin(), tmp / f"broker-{node}", tmp / f"broker-{node}.log",
-                node_id=node, seeds=seeds, raft_listen=f"127.0.0.1:{raft[i]}",
+                ports=(kafka[i], metrics[i]), node_id=node, seeds=seeds, raft_listen=f"127.0.0.1:{raft[i]}",
                 sequencer="ring", ring_controllers=controllers, ring_listen="127.0.0.1:0",
                 internal_listen=f"127.0.0.1:{internal[i]}",
                 internal_advertised=f"127.0.0.1:{internal[i]}",

@@ -105,8 +105,13 @@ impl Cluster {
         let transport = Transport::new(options.node_id);
         let log = MetaLogStore::open(Arc::clone(&meta)).map_err(storage)?;
         let (sm, watch) = MetaStateMachine::open(meta).map_err(storage)?;
-        let config = options
-            .timing
+        // The metadata group runs at half the partitions' pace: a metadata leader change
+        // stalls only admin requests and leader reports, so it is better rare than fast.
+        let meta_timing = RaftTiming {
+            heartbeat_ms: options.timing.heartbeat_ms * 2,
+            election_min_ms: options.timing.election_min_ms * 2,
+        };
+        let config = meta_timing
             .config("metadata", openraft::SnapshotPolicy::LogsSinceLast(1000))
             .map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&transport), MetaRoute);

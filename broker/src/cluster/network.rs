@@ -1,26 +1,28 @@
 //! openraft's network traits over the transport, for partition groups and the metadata
 //! group alike: a `Route` says how a group's RPCs are wrapped into transport requests.
 //!
-//! Every transport failure (connect refused, timeout, a peer that does not host the group
-//! yet) is reported as `Unreachable`, so openraft backs off (500 ms) instead of retrying in a
-//! tight loop. An AppendEntries whose encoding exceeds `MAX_APPEND_BYTES` is answered with
+//! A peer that cannot be reached (connect refused, connection lost, a peer that does not host
+//! the group yet) is reported as `Unreachable`, so openraft backs off (500 ms) instead of
+//! retrying in a tight loop; a request that merely took too long is a `Timeout` (retried at
+//! the next heartbeat, no backoff). An AppendEntries whose encoding exceeds `MAX_APPEND_BYTES` is answered with
 //! `PayloadTooLarge`, and openraft resends it with fewer entries.
 
 use std::sync::Arc;
 
 use bincode::Options;
 use openraft::error::{
-    InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::RPCTypes;
 use openraft::{BasicNode, RaftTypeConfig};
 
 use super::metadata::MetaConfig;
-use super::transport::Transport;
+use super::transport::{Transport, TransportError};
 use super::wire::{GroupKey, Request, Response, MAX_APPEND_BYTES};
 use crate::raft::TypeConfig;
 
@@ -111,6 +113,7 @@ impl<R> PeerClient<R> {
     async fn call<E: std::error::Error>(
         &self,
         request: Request,
+        action: RPCTypes,
         option: &RPCOption,
     ) -> Result<Response, RPCError<u64, BasicNode, E>> {
         match self
@@ -123,6 +126,12 @@ impl<R> PeerClient<R> {
                 self.target
             ))),
             Ok(r) => Ok(r),
+            Err(TransportError::Timeout(_)) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.transport.node_id(),
+                target: self.target,
+                timeout: option.hard_ttl(),
+            })),
             Err(e) => Err(unreachable(e)),
         }
     }
@@ -156,7 +165,7 @@ where
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        match self.call(request, &option).await? {
+        match self.call(request, RPCTypes::AppendEntries, &option).await? {
             Response::Append(Ok(r)) => Ok(r),
             Response::Append(Err(e)) => Err(self.remote(e)),
             other => Err(unreachable(format!("unexpected answer {other:?}"))),
@@ -171,7 +180,10 @@ where
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self.call(self.route.snapshot(rpc), &option).await? {
+        match self
+            .call(self.route.snapshot(rpc), RPCTypes::InstallSnapshot, &option)
+            .await?
+        {
             Response::Snapshot(Ok(r)) => Ok(r),
             Response::Snapshot(Err(e)) => Err(self.remote(e)),
             other => Err(unreachable(format!("unexpected answer {other:?}"))),
@@ -183,7 +195,10 @@ where
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(self.route.vote(rpc), &option).await? {
+        match self
+            .call(self.route.vote(rpc), RPCTypes::Vote, &option)
+            .await?
+        {
             Response::Vote(Ok(r)) => Ok(r),
             Response::Vote(Err(e)) => Err(self.remote(e)),
             other => Err(unreachable(format!("unexpected answer {other:?}"))),

@@ -1,6 +1,8 @@
 //! Broker-to-broker Raft transport over TCP (its own port, `--raft-listen`).
 //!
-//! Client side: one connection per peer, opened on first use, shared by every Raft group.
+//! Client side: two connections per peer (a control lane for heartbeats, votes and metadata,
+//! a data lane for AppendEntries that carry batches), opened on first use, shared by every
+//! Raft group.
 //! Requests are pipelined (matched to responses by id) and the writer sends everything
 //! queued behind the first request in one write (batched). The queue per peer is bounded: a
 //! full queue fails the request at once, which openraft treats as a transient failure. A
@@ -21,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 
-use super::wire::{self, Request, Response, WireError};
+use super::wire::{self, Lane, Request, Response, WireError};
 
 /// Requests queued per peer before callers are refused.
 const PEER_QUEUE: usize = 4096;
@@ -62,7 +64,7 @@ struct Peer {
 /// The client half: a connection per peer.
 pub struct Transport {
     node_id: u64,
-    peers: Mutex<HashMap<u64, Peer>>,
+    peers: Mutex<HashMap<(u64, Lane), Peer>>,
     next_id: std::sync::atomic::AtomicU64,
     /// When each peer last answered a request (liveness for the ISR).
     answered: Mutex<HashMap<u64, Instant>>,
@@ -105,7 +107,7 @@ impl Transport {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let frame = wire::encode(id, request).map_err(|e| TransportError::Wire(target, e))?;
         let (reply, rx) = oneshot::channel();
-        let tx = self.peer_sender(target, addr);
+        let tx = self.peer_sender(target, request.lane(), addr);
         tx.try_send(Outgoing { frame, id, reply })
             .map_err(|e| TransportError::Unreachable(target, format!("queue: {e}")))?;
         match tokio::time::timeout(ttl, rx).await {
@@ -125,21 +127,21 @@ impl Transport {
         }
     }
 
-    fn peer_sender(&self, target: u64, addr: &str) -> mpsc::Sender<Outgoing> {
+    fn peer_sender(&self, target: u64, lane: Lane, addr: &str) -> mpsc::Sender<Outgoing> {
         let mut peers = match self.peers.lock() {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(p) = peers.get(&target) {
+        if let Some(p) = peers.get(&(target, lane)) {
             if p.addr == addr && !p.tx.is_closed() {
                 return p.tx.clone();
             }
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let span = tracing::info_span!("raft_peer", target, addr);
+        let span = tracing::info_span!("raft_peer", target, addr, lane = ?lane);
         tokio::spawn(run_peer(target, addr.to_string(), rx).instrument(span));
         peers.insert(
-            target,
+            (target, lane),
             Peer {
                 addr: addr.to_string(),
                 tx: tx.clone(),

@@ -20,8 +20,10 @@ use crate::raft::TypeConfig;
 /// Largest frame either side accepts. An AppendEntries over `MAX_APPEND_BYTES` is split by
 /// openraft (PayloadTooLarge); a single batch may still be as large as a produce frame.
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
-/// AppendEntries requests above this many encoded bytes are sent with fewer entries.
-pub const MAX_APPEND_BYTES: usize = 16 << 20;
+/// AppendEntries requests above this many encoded bytes are sent with fewer entries, so one
+/// request never occupies a connection for long (openraft's AppendEntries timeout is the
+/// heartbeat interval).
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
 /// Frame prefix: length (u32) + request id (u64).
 pub const PREFIX: usize = 12;
 
@@ -42,6 +44,24 @@ pub enum Request {
     MetaSnapshot(InstallSnapshotRequest<MetaConfig>),
     /// A metadata command forwarded to the metadata leader.
     MetaWrite(MetaCommand),
+}
+
+/// Which of the two connections to a peer a request takes: heartbeats, votes and metadata
+/// never queue behind record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Control,
+    Data,
+}
+
+impl Request {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Request::Append(_, rpc) if !rpc.entries.is_empty() => Lane::Data,
+            Request::Snapshot(..) => Lane::Data,
+            _ => Lane::Control,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
