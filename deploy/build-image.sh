@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the gsn-broker:latest container image without pulling anything:
-#   1. cargo build --release of the `broker` and `healthcheck` binaries,
+# Builds the gsn-broker:latest container image without pulling anything. One image
+# holds every service of docker-compose.yml (compose picks the entrypoint):
+#   1. cargo build --release of `broker`, `healthcheck` (the health probe of every
+#      service), `softswitch` (sequencer-p4) and `ring-controller`,
 #   2. a root filesystem in deploy/.rootfs with those binaries, exactly the shared
 #      libraries `ldd` reports for them (plus the dynamic loader), /tmp and /data,
 #   3. docker build FROM scratch with that directory as the build context.
@@ -13,6 +15,7 @@
 #   GSN_STRIP         1 (default): drop DWARF debug info from the copies in the image
 #                     (symbol names stay, so backtraces still name functions); 0: keep it
 #   GSN_SKIP_CARGO    1: use the binaries already in $CARGO_TARGET_DIR/release as they are
+#   GSN_BIN_DIR       where the binaries are taken from (default $CARGO_TARGET_DIR/release)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,7 +24,9 @@ ROOTFS=$DEPLOY/.rootfs
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/gsn/target}
 IMAGE=${GSN_IMAGE:-gsn-broker:latest}
 STRIP=${GSN_STRIP:-1}
-BINARIES=(broker healthcheck)
+BIN_DIR=${GSN_BIN_DIR:-$CARGO_TARGET_DIR/release}
+# binary:package
+BINARIES=(broker:broker healthcheck:broker softswitch:sequencer-p4 ring-controller:ring-controller)
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -37,19 +42,24 @@ docker info >/dev/null 2>&1 ||
 
 # 1. Binaries -----------------------------------------------------------------
 if [ "${GSN_SKIP_CARGO:-0}" = 1 ]; then
-    say "GSN_SKIP_CARGO=1: using the binaries already in $CARGO_TARGET_DIR/release"
+    say "GSN_SKIP_CARGO=1: using the binaries already in $BIN_DIR"
 else
-    say "cargo build --release -p broker (bins: ${BINARIES[*]}), CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+    declare -A pkgs=()
+    flags=()
+    for entry in "${BINARIES[@]}"; do
+        flags+=(--bin "${entry%%:*}")
+        pkgs[${entry#*:}]=1
+    done
+    for pkg in "${!pkgs[@]}"; do flags+=(-p "$pkg"); done
+    say "cargo build --release ${flags[*]}, CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
     say "a cold build compiles RocksDB from source: ~30 min on 2 cores; later builds are quick."
     say "'Blocking waiting for file lock' means another cargo build uses this target dir; it waits."
     mkdir -p "$CARGO_TARGET_DIR"
-    bin_flags=()
-    for bin in "${BINARIES[@]}"; do bin_flags+=(--bin "$bin"); done
-    (cd "$ROOT" && cargo build --release -p broker "${bin_flags[@]}")
+    (cd "$ROOT" && cargo build --release "${flags[@]}")
 fi
-for bin in "${BINARIES[@]}"; do
-    [ -x "$CARGO_TARGET_DIR/release/$bin" ] ||
-        die "$CARGO_TARGET_DIR/release/$bin is missing after the build"
+for entry in "${BINARIES[@]}"; do
+    bin=${entry%%:*}
+    [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin is missing (package ${entry#*:}); build it first"
 done
 
 # 2. Root filesystem ------------------------------------------------------------
@@ -78,8 +88,9 @@ shared_libs() {
 }
 
 declare -A seen=()
-for bin in "${BINARIES[@]}"; do
-    src=$CARGO_TARGET_DIR/release/$bin
+for entry in "${BINARIES[@]}"; do
+    bin=${entry%%:*}
+    src=$BIN_DIR/$bin
     dst=$ROOTFS/usr/local/bin/$bin
     cp "$src" "$dst"
     if [ "$STRIP" = 1 ]; then
@@ -103,4 +114,4 @@ say "rootfs contents:"
 say "docker build -t $IMAGE -f deploy/Dockerfile deploy/.rootfs"
 docker build -t "$IMAGE" -f "$DEPLOY/Dockerfile" "$ROOTFS"
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
-say "built $IMAGE ($((size / 1024 / 1024)) MiB)"
+say "built $IMAGE ($((size / 1024 / 1024)) MiB): ${BINARIES[*]%%:*}"

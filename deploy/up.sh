@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One command from a fresh checkout to a running, healthy broker:
-#   deploy/build-image.sh, then `docker compose up -d`, then wait for every
-#   container of the compose project to report healthy.
+# One command from a fresh checkout to a running, healthy cluster (3 brokers,
+# 2 softswitches, 3 ring controllers):
+#   deploy/build-image.sh, then `docker compose up -d` (or `docker-compose up -d`,
+#   whichever exists), then wait for every container of the compose project to
+#   report healthy.
 #
 # Environment:
-#   GSN_UP_TIMEOUT    seconds to wait for health (default 120)
+#   GSN_UP_TIMEOUT    seconds to wait for health (default 180)
 #   GSN_SKIP_BUILD    1: do not run build-image.sh (use the existing image)
 #   plus everything deploy/build-image.sh reads (CARGO_TARGET_DIR, ...).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TIMEOUT=${GSN_UP_TIMEOUT:-120}
+TIMEOUT=${GSN_UP_TIMEOUT:-180}
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -34,10 +36,10 @@ else
     "$ROOT/deploy/build-image.sh"
 fi
 
-say "${COMPOSE[*]} up -d"
+say "${COMPOSE[*]} up -d (brokers start once the ring controllers are healthy)"
 compose up -d
 
-# Containers of this project (one per service today; the cluster adds more).
+# Containers of this project, one per service.
 mapfile -t containers < <(compose ps -q)
 [ "${#containers[@]}" -gt 0 ] || die "'${COMPOSE[*]} up -d' started no containers"
 
@@ -89,16 +91,21 @@ say "healthy after $((SECONDS - start))s: $(for c in "${containers[@]}"; do prin
 
 cat <<EOF
 
-The broker is up: Kafka on localhost:9092, Prometheus metrics on http://localhost:9100/metrics
+The cluster is up.
+  Kafka from this machine:     localhost:9092, localhost:9093, localhost:9094 (broker-1..3)
+  Kafka inside the network:    broker-1:19092, broker-2:19092, broker-3:19092
+  /metrics:                    brokers localhost:9101..9103; switches 10.213.7.21..22:9650;
+                               ring controllers 10.213.7.11..13:9700 (also GET /ring)
 
-  kcat -b localhost:9092 -L                                   # cluster metadata
-  echo hello | kcat -b localhost:9092 -t demo -P              # produce (topic auto-created)
+  kcat -b localhost:9092 -L                                   # 3 brokers, topics, leaders
+  echo hello | kcat -b localhost:9092 -t demo -P              # produce (topic auto-created, RF 3)
   kcat -b localhost:9092 -t demo -C -e -o beginning           # consume everything, then exit
-  curl -s localhost:9100/metrics | head                       # metrics
+  curl -s 10.213.7.11:9700/ring                               # the switch ring's installed epoch
 
-  ${COMPOSE[*]} logs -f broker-1                              # broker log
-  ${COMPOSE[*]} restart broker-1                              # data survives (named volume)
-  ${COMPOSE[*]} down                                          # stop, keep the data volume
+  ${COMPOSE[*]} ps                                            # state and health
+  ${COMPOSE[*]} logs -f broker-1                              # one service's log
+  ${COMPOSE[*]} restart                                       # data survives (named volumes)
+  ${COMPOSE[*]} down                                          # stop, keep the data volumes
   ${COMPOSE[*]} down -v                                       # stop and delete the data
 
 (run ${COMPOSE[*]} from $ROOT)

@@ -6,9 +6,13 @@
 # Ports (127.0.0.1 only):
 #   switch i      UDP 7650+i (data plane)   metrics http://127.0.0.1:$((9650+i))/metrics
 #   controller c  UDP 7700+c (to switches)  Raft TCP 7710+c   admin http://127.0.0.1:$((9700+c))
-#                 (c = 1, 2, 3; admin: GET /ring, GET /metrics, POST /resize?switches=0,1,2)
+#                 (c = 1, 2, 3; admin: GET /ring, GET /metrics, POST /resize?switches=0,1,2,
+#                 GET /members, POST /members?add=ID=HOST:PORT / ?remove=ID)
 # State, logs and pid files go to $RING_DIR (default: a new directory under /tmp).
 # Builds with CARGO_TARGET_DIR (default /work/target) unless RING_NO_BUILD=1.
+# Extra flags: RING_SWITCH_FLAGS for every softswitch (e.g. "--idle-hold-us 0" to let an
+# idle token spin, "--link-delay-us 10" to emulate links), RING_CTRL_FLAGS for every
+# controller (e.g. "--max-visit 1000000").
 set -euo pipefail
 
 N="${1:-3}"
@@ -33,7 +37,7 @@ for ((i = 0; i < N; i++)); do
   # from the Status answering its Seal anyway.
   "$BIN/softswitch" --id "$i" --listen "127.0.0.1:$((7650 + i))" \
       --controller 127.0.0.1:7701 --metrics-listen "127.0.0.1:$((9650 + i))" \
-      >"$RING_DIR/switch-$i.log" 2>&1 &
+      ${RING_SWITCH_FLAGS:-} >"$RING_DIR/switch-$i.log" 2>&1 &
   echo $! >"$RING_DIR/switch-$i.pid"
 done
 
@@ -41,7 +45,7 @@ for c in 1 2 3; do
   "$BIN/ring-controller" --id "$c" --peers "$PEERS" \
       --raft-listen "127.0.0.1:$((7710 + c))" --udp-listen "127.0.0.1:$((7700 + c))" \
       --admin-listen "127.0.0.1:$((9700 + c))" --switches "$SWITCHES" \
-      --data-dir "$RING_DIR/ctrl-$c" >"$RING_DIR/ctrl-$c.log" 2>&1 &
+      --data-dir "$RING_DIR/ctrl-$c" ${RING_CTRL_FLAGS:-} >"$RING_DIR/ctrl-$c.log" 2>&1 &
   echo $! >"$RING_DIR/ctrl-$c.pid"
 done
 

@@ -1,24 +1,49 @@
-//! Broker state: topics, their partitions, the sequencer client, and the metadata store.
+//! Broker state: the cluster membership, the topics this broker knows (from the metadata
+//! Raft group) and the partition replicas it hosts, the sequencer client.
+//!
+//! Topics are created, deleted and grown by committing a command to the metadata group;
+//! every broker then reconciles: it opens the replicas the metadata assigns to it and closes
+//! (and deletes) the ones whose topic is gone. A reporter task tells the metadata which
+//! partitions this broker leads, with their epoch and ISR.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kafka_protocol::ResponseError;
+use openraft::BasicNode;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cluster::metadata::{
+    BrokerInfo, ClusterState, Endpoint, MetaCommand, PartitionReport, PartitionState, Rejection,
+};
+use crate::cluster::wire::GroupKey;
+use crate::cluster::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 use crate::config::{BrokerConfig, LogConfig, SequencerKind};
 use crate::metrics::Metrics;
-use crate::partition::{Partition, PartitionEnv};
+use crate::partition::{Partition, PartitionEnv, PartitionSpec};
 use crate::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
 use crate::sequencer::{LocalSequencer, Sequencer, SequencerClient};
 use crate::storage::meta::{MetaError, MetaStore, TopicRecord};
 use crate::topic_config;
 
-/// How long topic creation waits for new partitions to elect their leader.
+/// How long topic creation waits for the new partitions to elect leaders.
 const LEADERSHIP_WAIT: Duration = Duration::from_secs(10);
-/// Most partitions a single topic may have, and in all.
+/// How often the reporter checks leadership and ISR of local partitions.
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most partitions a single topic may have, and in the whole cluster.
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const MAX_PARTITIONS_TOTAL: usize = 20_000;
+
+/// Names of the Kafka listeners (a connection's listener decides the addresses Metadata
+/// advertises).
+pub const EXTERNAL: &str = "external";
+pub const INTERNAL: &str = "internal";
+
+tokio::task_local! {
+    /// The listener the request being handled arrived on.
+    pub static LISTENER: &'static str;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -40,67 +65,103 @@ pub enum BrokerError {
     Partition(#[from] crate::partition::PartitionError),
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("the cluster did not apply the change in time")]
+    Timeout,
 }
 
 pub struct Topic {
     pub record: TopicRecord,
-    pub partitions: Vec<Arc<Partition>>,
+    /// This broker's replica of each partition (`None`: hosted elsewhere).
+    pub partitions: Vec<Option<Arc<Partition>>>,
 }
 
 impl Topic {
+    /// This broker's replica of partition `index`, if it hosts one.
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
         usize::try_from(index)
             .ok()
             .and_then(|i| self.partitions.get(i))
+            .and_then(Option::as_ref)
     }
+
+    /// This broker's replica, or the error Kafka gives for a partition it cannot serve:
+    /// unknown partition, or NOT_LEADER_OR_FOLLOWER when another broker hosts it.
+    pub fn local(&self, index: i32) -> Result<&Arc<Partition>, ResponseError> {
+        if index < 0 || index >= self.record.partitions {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        }
+        self.partition(index)
+            .ok_or(ResponseError::NotLeaderOrFollower)
+    }
+
+    /// Replica broker ids of partition `index` (records of single-broker versions have
+    /// none: the partition lives on `me`).
+    pub fn replicas(&self, index: i32, me: i32) -> Vec<i32> {
+        replicas_of(&self.record, index, me)
+    }
+}
+
+fn replicas_of(record: &TopicRecord, index: i32, me: i32) -> Vec<i32> {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| record.replicas.get(i))
+        .cloned()
+        .unwrap_or_else(|| vec![me])
+}
+
+/// Who leads a partition, as this broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// -1: no leader known.
+    pub leader: i32,
+    pub epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 pub struct Broker {
     pub config: BrokerConfig,
     pub meta: Arc<MetaStore>,
     pub metrics: Arc<Metrics>,
-    pub cluster_id: String,
+    /// This broker's own id, used until the cluster metadata has one.
+    local_cluster_id: String,
     /// Notified whenever any partition's high watermark advances (wakes long polls).
     pub data_arrived: Arc<Notify>,
     /// Bytes of request frames held in memory at once, across all connections.
     pub inflight_bytes: Arc<Semaphore>,
+    pub cluster: Arc<Cluster>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     sequencer: SequencerClient,
-    /// Serializes topic creation, deletion and growth.
+    /// Serializes reconciliation (opening and closing replicas).
     admin: tokio::sync::Mutex<()>,
     /// The group coordinator (consumer groups), set by `group::offsets_topic::start`.
     pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
 }
 
 impl Broker {
-    /// Opens the data directory, recovers every partition and starts its Raft group.
+    /// Opens the data directory, joins the cluster, opens the replicas this broker hosts and
+    /// starts their Raft groups.
     pub async fn open(
         config: BrokerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, BrokerError> {
         std::fs::create_dir_all(config.data_dir.join("topics"))?;
         let meta = Arc::new(MetaStore::open(&config.data_dir.join("meta"))?);
-        let cluster_id = meta.cluster_id()?;
-        let records = meta.topics()?;
+        // Brokers of one cluster derive the same id from the seed list, so every broker
+        // reports it even before it has applied the metadata that records it.
+        let local_cluster_id = if config.seeds.is_empty() {
+            meta.cluster_id()?
+        } else {
+            seeds_cluster_id(&config.seeds)
+        };
+        let cluster = start_cluster(&config, Arc::clone(&meta), &local_cluster_id).await?;
         let data_arrived = Arc::new(Notify::new());
         // The sequencer must start above every stored offset; partitions open first with a
         // sequencer client whose numbers are only requested once they lead.
-        let floor = scan_max_offset(&config, &records)?;
-        let sequencer: Arc<dyn Sequencer> = match config.sequencer {
-            SequencerKind::Local => Arc::new(LocalSequencer::open(Arc::clone(&meta), floor)?),
-            SequencerKind::Ring => Arc::new(
-                RingSequencer::start(
-                    ConfigSource::Controllers(config.ring_controllers.clone()),
-                    config.ring_listen,
-                    config.node_id,
-                    floor,
-                    RingOptions::default(),
-                    Arc::clone(&metrics),
-                )
-                .await
-                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
-            ),
-        };
+        let legacy = meta.topics()?;
+        let floor = scan_max_offset(&config, &cluster.state(), &legacy)?;
+        let sequencer = start_sequencer(&config, &meta, floor, &metrics).await?;
         let client =
             SequencerClient::start(sequencer, config.sequencer_window, Arc::clone(&metrics));
         let inflight = (config.max_frame_bytes * 4).max(256 << 20);
@@ -109,51 +170,182 @@ impl Broker {
             config,
             meta,
             metrics,
-            cluster_id,
+            local_cluster_id,
             data_arrived,
+            cluster,
             topics: RwLock::new(BTreeMap::new()),
             sequencer: client,
             admin: tokio::sync::Mutex::new(()),
             groups: std::sync::OnceLock::new(),
         });
-        for record in records {
-            let topic = broker.open_topic(record, 0).await?;
-            broker.insert_topic(topic);
+        let state = broker.cluster.state();
+        broker.reconcile(&state).await;
+        tokio::spawn(run_reconciler(Arc::downgrade(&broker)));
+        tokio::spawn(run_reporter(Arc::downgrade(&broker)));
+        if broker.config.seeds.is_empty() {
+            // A cluster of one: be ready to create topics when `open` returns.
+            broker.wait_registered(Duration::from_secs(10)).await;
+            broker.import_legacy_topics(legacy).await?;
+            for topic in broker.topics() {
+                broker.wait_for_leaders(&topic).await;
+            }
         }
         Ok(broker)
+    }
+
+    /// The cluster id: the metadata's, or this broker's own before the cluster has one.
+    pub fn cluster_id(&self) -> String {
+        self.cluster
+            .state()
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| self.local_cluster_id.clone())
+    }
+
+    async fn wait_registered(&self, limit: Duration) {
+        let me = self.config.broker_id();
+        let mut state = self.cluster.watch.state.clone();
+        let _ = tokio::time::timeout(limit, state.wait_for(|s| s.brokers.contains_key(&me))).await;
+    }
+
+    /// Topics stored by single-broker versions (before the metadata group) move into it.
+    async fn import_legacy_topics(&self, legacy: Vec<TopicRecord>) -> Result<(), BrokerError> {
+        let me = self.config.broker_id();
+        for mut record in legacy {
+            if !self.cluster.state().topics.contains_key(&record.name) {
+                record.replicas = (0..record.partitions).map(|_| vec![me]).collect();
+                tracing::info!(topic = %record.name, "importing topic into the cluster metadata");
+                self.cluster
+                    .write(MetaCommand::CreateTopic(record.clone()))
+                    .await?;
+            }
+            self.meta.delete_topic(&record.name)?;
+        }
+        Ok(())
     }
 
     fn env(&self, log_config: LogConfig) -> PartitionEnv<'_> {
         PartitionEnv {
             node_id: self.config.node_id,
-            advertised: format!(
-                "{}:{}",
-                self.config.advertised_host, self.config.advertised_port
-            ),
             data_dir: &self.config.data_dir,
             log_config,
             meta: Arc::clone(&self.meta),
             sequencer: self.sequencer.clone(),
             data_arrived: Arc::clone(&self.data_arrived),
+            cluster: Arc::clone(&self.cluster),
+            timing: self.cluster.timing,
         }
     }
 
-    /// Opens partitions `existing..record.partitions` plus reuses none: callers pass 0 for a
-    /// whole topic.
-    async fn open_topic(&self, record: TopicRecord, from: i32) -> Result<Topic, BrokerError> {
+    /// Brings the local replicas in line with the cluster metadata.
+    async fn reconcile(&self, state: &ClusterState) {
+        let _admin = self.admin.lock().await;
+        for topic in self.topics() {
+            let kept = state
+                .topics
+                .get(&topic.record.name)
+                .is_some_and(|t| t.record.id == topic.record.id);
+            if !kept {
+                self.drop_topic(&topic).await;
+            }
+        }
+        for t in state.topics.values() {
+            let current = self.topic(&t.record.name);
+            let unchanged = current.as_ref().is_some_and(|c| c.record == t.record);
+            if unchanged {
+                continue;
+            }
+            let topic = self
+                .open_replicas(&t.record, current.as_deref(), state)
+                .await;
+            self.insert_topic(topic);
+        }
+    }
+
+    async fn open_replicas(
+        &self,
+        record: &TopicRecord,
+        current: Option<&Topic>,
+        state: &ClusterState,
+    ) -> Topic {
+        let me = self.config.broker_id();
         let log_config = topic_config::log_config(&self.config.log, &record.configs);
         let env = self.env(log_config);
         let mut partitions = Vec::new();
-        for index in from..record.partitions {
-            let group = group_name(&record, index);
-            partitions.push(Partition::open(&env, &record.name, index, &group).await?);
-        }
-        for p in &partitions {
-            if !p.wait_for_leadership(LEADERSHIP_WAIT).await {
-                tracing::warn!(topic = %record.name, partition = p.index, "partition has no leader yet");
+        for index in 0..record.partitions {
+            if let Some(p) = current.and_then(|c| c.partition(index)) {
+                partitions.push(Some(Arc::clone(p)));
+                continue;
+            }
+            let replicas = replicas_of(record, index, me);
+            if !replicas.contains(&me) {
+                partitions.push(None);
+                continue;
+            }
+            let group = group_name(record, index);
+            let spec = PartitionSpec {
+                topic: &record.name,
+                index,
+                group: &group,
+                key: GroupKey {
+                    topic_id: record.id,
+                    partition: index,
+                },
+                voters: self.voters(&replicas, state),
+                replicas,
+            };
+            match Partition::open(&env, spec).await {
+                Ok(p) => partitions.push(Some(p)),
+                Err(e) => {
+                    tracing::error!(topic = %record.name, partition = index, error = %e, "cannot open partition replica");
+                    partitions.push(None);
+                }
             }
         }
-        Ok(Topic { record, partitions })
+        Topic {
+            record: record.clone(),
+            partitions,
+        }
+    }
+
+    /// Raft transport addresses of a partition's replicas.
+    fn voters(&self, replicas: &[i32], state: &ClusterState) -> BTreeMap<u64, BasicNode> {
+        replicas
+            .iter()
+            .map(|id| {
+                let addr = state
+                    .brokers
+                    .get(id)
+                    .map(|b| b.raft_addr.clone())
+                    .or_else(|| self.cluster.raft_addr(*id as u64))
+                    .unwrap_or_else(|| self.config.raft_advertised.clone());
+                (*id as u64, BasicNode::new(addr))
+            })
+            .collect()
+    }
+
+    /// Closes and deletes this broker's replicas of a topic that no longer exists.
+    async fn drop_topic(&self, topic: &Topic) {
+        if let Ok(mut topics) = self.topics.write() {
+            if topics
+                .get(&topic.record.name)
+                .is_some_and(|t| t.record.id == topic.record.id)
+            {
+                topics.remove(&topic.record.name);
+            }
+        }
+        for p in topic.partitions.iter().flatten() {
+            p.shutdown().await;
+            let group = group_name(&topic.record, p.index);
+            if let Err(e) = self.meta.delete_raft_group(&group) {
+                tracing::warn!(group, error = %e, "cannot forget deleted partition's raft state");
+            }
+            let dir = self.config.data_dir.join(&group);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
+            }
+        }
+        tracing::info!(topic = %topic.record.name, "deleted topic's local replicas");
     }
 
     fn insert_topic(&self, topic: Topic) {
@@ -182,11 +374,72 @@ impl Broker {
             .unwrap_or_default()
     }
 
-    fn partition_count(&self) -> usize {
-        self.topics().iter().map(|t| t.partitions.len()).sum()
+    /// Leader, epoch and ISR of a partition: this broker's own Raft view when it hosts a
+    /// replica that knows a leader at least as new as the metadata's, else the metadata.
+    pub fn leader_view(&self, topic: &Topic, index: i32) -> LeaderView {
+        let state = self.cluster.state();
+        let reported: Option<PartitionState> = state
+            .topic_by_id(&topic.record.id)
+            .and_then(|t| {
+                usize::try_from(index)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i))
+            })
+            .cloned();
+        let local = topic.partition(index).and_then(|p| p.known_leader());
+        let from_metadata = |r: PartitionState| LeaderView {
+            leader: r.leader,
+            epoch: r.epoch.max(0),
+            isr: r.isr,
+        };
+        match (local, reported) {
+            (Some((_, epoch)), Some(r)) if epoch < r.epoch => from_metadata(r),
+            (Some((leader, epoch)), r) => {
+                let isr = match r {
+                    Some(r) if r.leader == leader && r.epoch == epoch && !r.isr.is_empty() => r.isr,
+                    _ => vec![leader],
+                };
+                LeaderView { leader, epoch, isr }
+            }
+            (None, Some(r)) => from_metadata(r),
+            (None, None) => LeaderView {
+                leader: -1,
+                epoch: 0,
+                isr: Vec::new(),
+            },
+        }
     }
 
-    /// Validates a CreateTopics entry without creating anything.
+    /// Every broker with the address of the listener the current request arrived on.
+    pub fn advertised_brokers(&self) -> Vec<(i32, String, u16)> {
+        let listener = LISTENER.try_with(|l| *l).unwrap_or(EXTERNAL);
+        let state = self.cluster.state();
+        let mut out: Vec<(i32, String, u16)> = state
+            .brokers
+            .values()
+            .filter_map(|b| {
+                let pick = |name: &str| b.endpoints.iter().find(|e| e.listener == name);
+                pick(listener)
+                    .or_else(|| pick(EXTERNAL))
+                    .map(|e| (b.id, e.host.clone(), e.port))
+            })
+            .collect();
+        if !out.iter().any(|(id, _, _)| *id == self.config.broker_id()) {
+            let me = own_endpoints(&self.config);
+            if let Some(e) = me
+                .iter()
+                .find(|e| e.listener == listener)
+                .or_else(|| me.first())
+            {
+                out.push((self.config.broker_id(), e.host.clone(), e.port));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Validates a CreateTopics entry without creating anything. `replication_factor` -1
+    /// means the broker default.
     pub fn check_new_topic(
         &self,
         name: &str,
@@ -195,7 +448,8 @@ impl Broker {
         configs: &BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
         validate_topic_name(name)?;
-        if self.topic(name).is_some() {
+        let state = self.cluster.state();
+        if state.topics.contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
@@ -203,72 +457,140 @@ impl Broker {
                 "number of partitions {partitions} is outside 1..={MAX_PARTITIONS_PER_TOPIC}"
             )));
         }
-        if self.partition_count() + partitions as usize > MAX_PARTITIONS_TOTAL {
+        let total = state.partition_count();
+        if total + partitions as usize > MAX_PARTITIONS_TOTAL {
             return Err(BrokerError::InvalidPartitions(format!(
-                "this broker already hosts {} partitions; the limit is {MAX_PARTITIONS_TOTAL}",
-                self.partition_count()
+                "the cluster already has {total} partitions; the limit is {MAX_PARTITIONS_TOTAL}"
             )));
         }
-        if replication_factor != 1 {
+        let rf = self.replication_factor(replication_factor, &state);
+        let brokers = state.brokers.len().max(1);
+        if rf < 1 || rf as usize > brokers {
             return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor {replication_factor} is not possible: the cluster has 1 broker"
+                "replication factor {rf} is not possible: the cluster has {brokers} broker(s)"
             )));
         }
         topic_config::validate(configs).map_err(BrokerError::InvalidConfig)
     }
 
+    /// The replication factor a request asking for `requested` gets (-1: the default,
+    /// capped at the number of brokers).
+    pub fn replication_factor(&self, requested: i16, state: &ClusterState) -> i16 {
+        if requested == -1 {
+            let brokers = i16::try_from(state.brokers.len().max(1)).unwrap_or(i16::MAX);
+            self.config.default_replication_factor.min(brokers)
+        } else {
+            requested
+        }
+    }
+
+    /// Creates a topic through the metadata group; `assignment` gives the replicas of each
+    /// partition explicitly, otherwise they are placed to balance leaders.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         configs: BTreeMap<String, String>,
+        assignment: Option<Vec<Vec<i32>>>,
     ) -> Result<Arc<Topic>, BrokerError> {
-        let _admin = self.admin.lock().await;
-        self.check_new_topic(name, partitions, 1, &configs)?;
+        self.check_new_topic(name, partitions, replication_factor, &configs)?;
+        let state = self.cluster.state();
+        let replicas = match assignment {
+            Some(a) => {
+                state.check_assignment(&a).map_err(rejection)?;
+                a
+            }
+            None => {
+                let rf = self.replication_factor(replication_factor, &state);
+                state
+                    .place(partitions as usize, rf as usize)
+                    .map_err(rejection)?
+            }
+        };
         let record = TopicRecord {
             name: name.to_string(),
             id: rand::random(),
-            partitions,
+            partitions: i32::try_from(replicas.len()).unwrap_or(i32::MAX),
             configs,
+            replicas,
         };
-        let topic = self.open_topic(record.clone(), 0).await?;
-        // Persist last: a crash before this leaves only directories that no record names.
-        self.meta.put_topic(&record)?;
-        self.insert_topic(topic);
+        let id = record.id;
+        let reply = self.cluster.write(MetaCommand::CreateTopic(record)).await?;
+        if let Some(r) = reply.rejected {
+            return Err(rejection(r));
+        }
         tracing::info!(topic = name, partitions, "created topic");
-        self.topic(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+        let topic = self
+            .wait_for(|b| b.topic(name).filter(|t| t.record.id == id))
+            .await
+            .ok_or(BrokerError::Timeout)?;
+        self.wait_for_leaders(&topic).await;
+        Ok(topic)
+    }
+
+    /// Waits (bounded) until every partition of `topic` has a known leader.
+    async fn wait_for_leaders(&self, topic: &Topic) {
+        let all_led = |b: &Self| {
+            (0..topic.record.partitions)
+                .all(|i| b.leader_view(topic, i).leader >= 0)
+                .then_some(())
+        };
+        if self.wait_for(all_led).await.is_none() {
+            tracing::warn!(topic = %topic.record.name, "some partitions have no leader yet");
+        }
+    }
+
+    /// Polls `probe` until it yields something, for at most LEADERSHIP_WAIT.
+    async fn wait_for<T>(&self, probe: impl Fn(&Self) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + LEADERSHIP_WAIT;
+        loop {
+            if let Some(v) = probe(self) {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<[u8; 16], BrokerError> {
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
+        let id = self
+            .cluster
+            .state()
+            .topics
+            .get(name)
+            .map(|t| t.record.id)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-        self.meta.delete_topic(name)?;
-        if let Ok(mut topics) = self.topics.write() {
-            topics.remove(name);
+        let reply = self
+            .cluster
+            .write(MetaCommand::DeleteTopic {
+                name: name.to_string(),
+            })
+            .await?;
+        if let Some(r) = reply.rejected {
+            return Err(rejection(r));
         }
-        for p in &topic.partitions {
-            p.shutdown().await;
-            let group = group_name(&topic.record, p.index);
-            self.meta.delete_raft_group(&group)?;
-            let dir = self.config.data_dir.join(&group);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
-            }
-        }
+        self.wait_for(|b| {
+            b.topic(name)
+                .is_none_or(|t| t.record.id != id)
+                .then_some(())
+        })
+        .await;
         tracing::info!(topic = name, "deleted topic");
-        Ok(topic.record.id)
+        Ok(id)
     }
 
     pub fn check_new_partition_count(
         &self,
         name: &str,
         count: i32,
-    ) -> Result<Arc<Topic>, BrokerError> {
-        let topic = self
-            .topic(name)
+    ) -> Result<TopicRecord, BrokerError> {
+        let state = self.cluster.state();
+        let topic = state
+            .topics
+            .get(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.record.partitions;
         if count <= current {
@@ -277,35 +599,271 @@ impl Broker {
             )));
         }
         if count > MAX_PARTITIONS_PER_TOPIC
-            || self.partition_count() + (count - current) as usize > MAX_PARTITIONS_TOTAL
+            || state.partition_count() + (count - current) as usize > MAX_PARTITIONS_TOTAL
         {
             return Err(BrokerError::InvalidPartitions(format!(
                 "{count} partitions exceeds the limit ({MAX_PARTITIONS_PER_TOPIC} per topic, {MAX_PARTITIONS_TOTAL} in all)"
             )));
         }
-        Ok(topic)
+        Ok(topic.record.clone())
     }
 
-    pub async fn add_partitions(&self, name: &str, count: i32) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().await;
-        let topic = self.check_new_partition_count(name, count)?;
-        let mut record = topic.record.clone();
-        let from = record.partitions;
-        record.partitions = count;
-        let grown = self.open_topic(record.clone(), from).await?;
-        self.meta.put_topic(&record)?;
-        let mut partitions = topic.partitions.clone();
-        partitions.extend(grown.partitions);
-        self.insert_topic(Topic { record, partitions });
+    /// Replica lists for a topic growing to `count` partitions: the operator's, checked
+    /// (same replication factor as the topic, registered brokers), or placed.
+    pub fn place_new_partitions(
+        &self,
+        record: &TopicRecord,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+    ) -> Result<Vec<Vec<i32>>, BrokerError> {
+        let state = self.cluster.state();
+        let rf = record.replicas.first().map_or(1, Vec::len);
+        let new = (count - record.partitions) as usize;
+        match assignment {
+            None => state.place(new, rf).map_err(rejection),
+            Some(a) => {
+                if a.len() != new {
+                    return Err(BrokerError::InvalidPartitions(format!(
+                        "{} replica assignments given for {new} new partitions",
+                        a.len()
+                    )));
+                }
+                if a.iter().any(|r| r.len() != rf) {
+                    return Err(BrokerError::InvalidReplicationFactor(format!(
+                        "new partitions must have the topic's replication factor {rf}"
+                    )));
+                }
+                state.check_assignment(&a).map_err(rejection)?;
+                Ok(a)
+            }
+        }
+    }
+
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+    ) -> Result<(), BrokerError> {
+        let record = self.check_new_partition_count(name, count)?;
+        let replicas = self.place_new_partitions(&record, count, assignment)?;
+        let reply = self
+            .cluster
+            .write(MetaCommand::AddPartitions {
+                name: name.to_string(),
+                replicas,
+            })
+            .await?;
+        if let Some(r) = reply.rejected {
+            return Err(rejection(r));
+        }
+        let grown = self
+            .wait_for(|b| b.topic(name).filter(|t| t.record.partitions >= count))
+            .await
+            .ok_or(BrokerError::Timeout)?;
+        self.wait_for_leaders(&grown).await;
         tracing::info!(topic = name, count, "added partitions");
         Ok(())
     }
 
     pub async fn shutdown(&self) {
         for topic in self.topics() {
-            for p in &topic.partitions {
+            for p in topic.partitions.iter().flatten() {
                 p.shutdown().await;
             }
+        }
+        if let Err(e) = self.cluster.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata raft shutdown");
+        }
+    }
+
+    /// Tells the metadata which local partitions this broker leads (epoch, ISR), when that
+    /// differs from what it says; every `rebalance` also takes back preferred leaderships.
+    async fn report(&self) {
+        let me = self.config.broker_id();
+        let state = self.cluster.state();
+        let mut reports = Vec::new();
+        for topic in self.topics() {
+            for p in topic.partitions.iter().flatten() {
+                let Some((epoch, isr)) = p.refresh_isr(self.config.replica_lag_time_max) else {
+                    continue;
+                };
+                let now = PartitionState {
+                    leader: me,
+                    epoch,
+                    isr: isr.clone(),
+                };
+                let known = state.topic_by_id(&topic.record.id).and_then(|t| {
+                    usize::try_from(p.index)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                });
+                if known != Some(&now) {
+                    reports.push(PartitionReport {
+                        topic_id: topic.record.id,
+                        partition: p.index,
+                        leader: me,
+                        epoch,
+                        isr,
+                    });
+                }
+            }
+        }
+        if reports.is_empty() {
+            return;
+        }
+        let n = reports.len();
+        if let Err(e) = self
+            .cluster
+            .write(MetaCommand::PartitionStates(reports))
+            .await
+        {
+            tracing::warn!(partitions = n, error = %e, "cannot report partition leadership");
+        }
+    }
+
+    async fn rebalance_leaders(&self) {
+        for topic in self.topics() {
+            for p in topic.partitions.iter().flatten() {
+                p.reclaim_preferred_leadership().await;
+            }
+        }
+    }
+}
+
+/// A cluster id derived from the seed list (ids and addresses).
+fn seeds_cluster_id(seeds: &BTreeMap<u64, String>) -> String {
+    let text: String = seeds
+        .iter()
+        .map(|(id, addr)| format!("{id}@{addr},"))
+        .collect();
+    let a = crc32c::crc32c(text.as_bytes());
+    let b = crc32c::crc32c_append(a, b"gsn-cluster");
+    let c = crc32c::crc32c_append(b, text.as_bytes());
+    let d = crc32c::crc32c_append(c, b"gsn-cluster");
+    let mut raw = [0u8; 16];
+    for (i, word) in [a, b, c, d].iter().enumerate() {
+        raw[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    crate::storage::meta::cluster_id_string(raw)
+}
+
+fn rejection(r: Rejection) -> BrokerError {
+    match r {
+        Rejection::TopicExists(n) => BrokerError::TopicExists(n),
+        Rejection::UnknownTopic(n) => BrokerError::UnknownTopic(n),
+        Rejection::Invalid(m) => BrokerError::InvalidReplicationFactor(m),
+    }
+}
+
+/// The Kafka listeners this broker advertises.
+fn own_endpoints(config: &BrokerConfig) -> Vec<Endpoint> {
+    let mut out = vec![Endpoint {
+        listener: EXTERNAL.to_string(),
+        host: config.advertised_host.clone(),
+        port: config.advertised_port,
+    }];
+    if let Some((_, advertised)) = &config.internal {
+        if let Some((host, port)) = advertised
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse().ok().map(|p| (h, p)))
+        {
+            out.push(Endpoint {
+                listener: INTERNAL.to_string(),
+                host: host.to_string(),
+                port,
+            });
+        }
+    }
+    out
+}
+
+async fn start_cluster(
+    config: &BrokerConfig,
+    meta: Arc<MetaStore>,
+    cluster_id: &str,
+) -> Result<Arc<Cluster>, BrokerError> {
+    let listener = if config.seeds.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(config.raft_listen)
+                .await
+                .map_err(|e| {
+                    BrokerError::InvalidConfig(format!(
+                        "cannot listen on {} (raft-listen): {e}",
+                        config.raft_listen
+                    ))
+                })?,
+        )
+    };
+    let seeds = if config.seeds.is_empty() {
+        BTreeMap::from([(config.node_id, config.raft_advertised.clone())])
+    } else {
+        config.seeds.clone()
+    };
+    let options = ClusterOptions {
+        node_id: config.node_id,
+        seeds,
+        info: BrokerInfo {
+            id: config.broker_id(),
+            raft_addr: config.raft_advertised.clone(),
+            endpoints: own_endpoints(config),
+        },
+        cluster_id: cluster_id.to_string(),
+        timing: RaftTiming {
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_min_ms: config.raft_election_ms,
+        },
+    };
+    Ok(Cluster::start(options, meta, listener).await?)
+}
+
+async fn start_sequencer(
+    config: &BrokerConfig,
+    meta: &Arc<MetaStore>,
+    floor: u64,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Sequencer>, BrokerError> {
+    Ok(match config.sequencer {
+        SequencerKind::Local => Arc::new(LocalSequencer::open(Arc::clone(meta), floor)?),
+        SequencerKind::Ring => Arc::new(
+            RingSequencer::start(
+                ConfigSource::Controllers(config.ring_controllers.clone()),
+                config.ring_listen,
+                config.node_id,
+                floor,
+                RingOptions::default(),
+                Arc::clone(metrics),
+            )
+            .await
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
+        ),
+    })
+}
+
+/// Re-runs reconciliation whenever the applied metadata changes.
+async fn run_reconciler(broker: std::sync::Weak<Broker>) {
+    let Some(mut state) = broker.upgrade().map(|b| b.cluster.watch.state.clone()) else {
+        return;
+    };
+    while state.changed().await.is_ok() {
+        let current = Arc::clone(&state.borrow_and_update());
+        let Some(b) = broker.upgrade() else { return };
+        b.reconcile(&current).await;
+    }
+}
+
+async fn run_reporter(broker: std::sync::Weak<Broker>) {
+    let mut last_rebalance = Instant::now();
+    loop {
+        tokio::time::sleep(REPORT_INTERVAL).await;
+        let Some(b) = broker.upgrade() else { return };
+        b.report().await;
+        let every = b.config.leader_rebalance_interval;
+        if !every.is_zero() && last_rebalance.elapsed() >= every {
+            last_rebalance = Instant::now();
+            b.rebalance_leaders().await;
         }
     }
 }
@@ -349,8 +907,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
 }
 
 /// Highest offset in any stored partition (read before Raft starts).
-fn scan_max_offset(config: &BrokerConfig, records: &[TopicRecord]) -> Result<u64, BrokerError> {
+fn scan_max_offset(
+    config: &BrokerConfig,
+    state: &ClusterState,
+    legacy: &[TopicRecord],
+) -> Result<u64, BrokerError> {
     let mut max = 0i64;
+    let records = state.topics.values().map(|t| &t.record).chain(legacy);
     for record in records {
         for index in 0..record.partitions {
             let dir = config.data_dir.join(group_name(record, index));

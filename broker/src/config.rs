@@ -3,6 +3,7 @@
 //! Precedence is flag > environment > file > default. Every value is validated at start so a
 //! wrong value stops the process with a message naming it, instead of failing later.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,6 +78,17 @@ struct FileConfig {
     ring_controllers: Option<String>,
     ring_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
+    internal_listen: Option<SocketAddr>,
+    internal_advertised: Option<String>,
+    raft_listen: Option<SocketAddr>,
+    raft_advertised: Option<String>,
+    seeds: Option<String>,
+    default_replication_factor: Option<i16>,
+    min_insync_replicas: Option<i32>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_ms: Option<u64>,
+    replica_lag_time_max_ms: Option<u64>,
+    leader_rebalance_interval_ms: Option<u64>,
     // Consumer groups (crate::group::GroupArgs).
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<u32>,
@@ -161,6 +173,46 @@ pub struct Args {
     /// Log output format.
     #[arg(long, env = "BROKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// A second Kafka listener, e.g. for clients inside a container network. Metadata answers
+    /// each connection with the addresses of the listener it arrived on.
+    #[arg(long, env = "BROKER_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
+    /// host:port advertised for the internal listener. Default: the advertised host and the
+    /// internal listen port.
+    #[arg(long, env = "BROKER_INTERNAL_ADVERTISED")]
+    pub internal_advertised: Option<String>,
+    /// Broker-to-broker Raft transport address (only with --seeds). Default 0.0.0.0:9093.
+    #[arg(long, env = "BROKER_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// host:port other brokers reach this broker's Raft transport at. Default: the address
+    /// this node has in --seeds, else the advertised host and the Raft listen port.
+    #[arg(long, env = "BROKER_RAFT_ADVERTISED")]
+    pub raft_advertised: Option<String>,
+    /// Metadata quorum voters as id@host:port,... (Raft transport addresses). Without it the
+    /// broker is a cluster of one.
+    #[arg(long, env = "BROKER_SEEDS")]
+    pub seeds: Option<String>,
+    /// Replication factor of auto-created topics and of CreateTopics asking for -1 (capped
+    /// at the number of brokers). Default 3.
+    #[arg(long, env = "BROKER_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<i16>,
+    /// Broker default of min.insync.replicas. Default 1.
+    #[arg(long, env = "BROKER_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<i32>,
+    /// Raft heartbeat interval of the metadata and partition groups. Default 100.
+    #[arg(long, env = "BROKER_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Minimum Raft election timeout (the maximum is twice this). Default 500.
+    #[arg(long, env = "BROKER_RAFT_ELECTION_MS")]
+    pub raft_election_ms: Option<u64>,
+    /// A follower that has not caught up for this long leaves the ISR
+    /// (replica.lag.time.max.ms). Default 10000.
+    #[arg(long, env = "BROKER_REPLICA_LAG_TIME_MAX_MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// How often a preferred replica that is caught up but not leading takes the leadership
+    /// back (auto.leader.rebalance). 0 disables. Default 30000.
+    #[arg(long, env = "BROKER_LEADER_REBALANCE_INTERVAL_MS")]
+    pub leader_rebalance_interval_ms: Option<u64>,
     #[command(flatten)]
     pub groups: crate::group::GroupArgs,
 }
@@ -185,6 +237,20 @@ pub struct BrokerConfig {
     pub ring_controllers: Vec<String>,
     pub ring_listen: SocketAddr,
     pub log_format: LogFormat,
+    /// Second Kafka listener and the host:port it advertises.
+    pub internal: Option<(SocketAddr, String)>,
+    pub raft_listen: SocketAddr,
+    /// How peers reach this broker's Raft transport.
+    pub raft_advertised: String,
+    /// Metadata voters (node id -> Raft address); empty: a cluster of one.
+    pub seeds: BTreeMap<u64, String>,
+    pub default_replication_factor: i16,
+    pub min_insync_replicas: i32,
+    pub raft_heartbeat_ms: u64,
+    pub raft_election_ms: u64,
+    pub replica_lag_time_max: Duration,
+    /// Zero: never rebalance leaders.
+    pub leader_rebalance_interval: Duration,
     /// Consumer groups.
     pub groups: crate::group::GroupConfig,
 }
@@ -260,14 +326,35 @@ impl BrokerConfig {
                 offsets_topic_replication_factor: file.offsets_topic_replication_factor,
             })
             .resolve()?;
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        let seeds = parse_seeds(args.seeds.as_deref().or(file.seeds.as_deref()))?;
+        let advertised_host = args
+            .advertised_host
+            .or(file.advertised_host)
+            .unwrap_or_else(|| "localhost".to_string());
+        let raft_listen = args
+            .raft_listen
+            .or(file.raft_listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9093)));
+        let raft_advertised = args
+            .raft_advertised
+            .or(file.raft_advertised)
+            .or_else(|| seeds.get(&node_id).cloned())
+            .unwrap_or_else(|| format!("{advertised_host}:{}", raft_listen.port()));
+        let internal = match args.internal_listen.or(file.internal_listen) {
+            None => None,
+            Some(addr) => Some((
+                addr,
+                args.internal_advertised
+                    .or(file.internal_advertised)
+                    .unwrap_or_else(|| format!("{advertised_host}:{}", addr.port())),
+            )),
+        };
         let config = Self {
             groups,
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
             listen,
-            advertised_host: args
-                .advertised_host
-                .or(file.advertised_host)
-                .unwrap_or_else(|| "localhost".to_string()),
+            advertised_host,
             advertised_port: args
                 .advertised_port
                 .or(file.advertised_port)
@@ -322,6 +409,36 @@ impl BrokerConfig {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            internal,
+            raft_listen,
+            raft_advertised,
+            seeds,
+            default_replication_factor: args
+                .default_replication_factor
+                .or(file.default_replication_factor)
+                .unwrap_or(3),
+            min_insync_replicas: args
+                .min_insync_replicas
+                .or(file.min_insync_replicas)
+                .unwrap_or(1),
+            raft_heartbeat_ms: args
+                .raft_heartbeat_ms
+                .or(file.raft_heartbeat_ms)
+                .unwrap_or(100),
+            raft_election_ms: args
+                .raft_election_ms
+                .or(file.raft_election_ms)
+                .unwrap_or(500),
+            replica_lag_time_max: Duration::from_millis(
+                args.replica_lag_time_max_ms
+                    .or(file.replica_lag_time_max_ms)
+                    .unwrap_or(10_000),
+            ),
+            leader_rebalance_interval: Duration::from_millis(
+                args.leader_rebalance_interval_ms
+                    .or(file.leader_rebalance_interval_ms)
+                    .unwrap_or(30_000),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -380,6 +497,29 @@ impl BrokerConfig {
                 return invalid("ring-controllers", format!("`{bad}` is not host:port"));
             }
         }
+        if self.seeds.len() > 1 && self.sequencer != SequencerKind::Ring {
+            return invalid(
+                "sequencer",
+                "a cluster of several brokers needs --sequencer ring: local counters on \
+                 different brokers would hand out the same offsets"
+                    .into(),
+            );
+        }
+        if self.default_replication_factor < 1 {
+            return invalid("default-replication-factor", "must be at least 1".into());
+        }
+        if self.min_insync_replicas < 1 {
+            return invalid("min-insync-replicas", "must be at least 1".into());
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_ms <= self.raft_heartbeat_ms {
+            return invalid(
+                "raft-election-ms",
+                format!(
+                    "{} must exceed the heartbeat interval ({} ms, also non-zero)",
+                    self.raft_election_ms, self.raft_heartbeat_ms
+                ),
+            );
+        }
         if self.node_id > i32::MAX as u64 {
             return invalid(
                 "node-id",
@@ -394,6 +534,29 @@ impl BrokerConfig {
         // validate() guarantees the id fits.
         self.node_id as i32
     }
+}
+
+/// Parses `id@host:port,...`.
+fn parse_seeds(list: Option<&str>) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut seeds = BTreeMap::new();
+    for item in list.unwrap_or("").split(',').map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let bad = |reason: &str| ConfigError::Invalid {
+            name: "seeds",
+            reason: format!("`{item}`: {reason} (expected id@host:port)"),
+        };
+        let (id, addr) = item.split_once('@').ok_or_else(|| bad("no '@'"))?;
+        let id: u64 = id.parse().map_err(|_| bad("the id is not a number"))?;
+        if !addr.contains(':') {
+            return Err(bad("the address has no port"));
+        }
+        if seeds.insert(id, addr.to_string()).is_some() {
+            return Err(bad("the id appears twice"));
+        }
+    }
+    Ok(seeds)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -454,6 +617,35 @@ mod tests {
         let path = dir.path().join("b.toml");
         std::fs::write(&path, "num-partiton = 4\n").expect("write");
         assert!(parse(&["--config", path.to_str().expect("utf8")]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let c = parse(&[
+            "--node-id",
+            "2",
+            "--seeds",
+            "1@b1:9093, 2@b2:9093,3@b3:9093",
+            "--sequencer",
+            "ring",
+            "--ring-controllers",
+            "c:9700",
+            "--internal-listen",
+            "0.0.0.0:19092",
+            "--internal-advertised",
+            "b2:19092",
+        ])
+        .expect("valid");
+        assert_eq!(c.seeds.len(), 3);
+        assert_eq!(c.raft_advertised, "b2:9093");
+        assert_eq!(c.internal.as_ref().map(|i| i.1.as_str()), Some("b2:19092"));
+        let err = parse(&["--seeds", "1@b1:9093,2@b2:9093"]).expect_err("needs the ring");
+        assert!(err.to_string().contains("sequencer"), "{err}");
+        let err = parse(&["--seeds", "1@b1"]).expect_err("no port");
+        assert!(err.to_string().contains("seeds"), "{err}");
+        let single = parse(&[]).expect("defaults");
+        assert!(single.seeds.is_empty());
+        assert_eq!(single.raft_advertised, "localhost:9093");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod metrics;

@@ -54,6 +54,14 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let kafka = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", config.listen))?;
+    let internal = match &config.internal {
+        None => None,
+        Some((addr, _)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (internal-listen): {e}"))?,
+        ),
+    };
     let metrics_listener = metrics::bind(config.metrics_listen).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {} (metrics-listen): {e}",
@@ -68,12 +76,26 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
         metrics = %config.metrics_listen,
         node_id = config.node_id,
+        seeds = config.seeds.len(),
         topics = broker.topics().len(),
         "broker ready"
     );
     tokio::spawn(metrics::serve(metrics_listener, metrics));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(broker::server::serve(kafka, Arc::clone(&broker), stop_rx));
+    let server = tokio::spawn(broker::server::serve(
+        kafka,
+        broker::broker::EXTERNAL,
+        Arc::clone(&broker),
+        stop_rx.clone(),
+    ));
+    if let Some(listener) = internal {
+        tokio::spawn(broker::server::serve(
+            listener,
+            broker::broker::INTERNAL,
+            Arc::clone(&broker),
+            stop_rx,
+        ));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -6,19 +6,22 @@
 //! in a partition increase in append order. Waiting for the acknowledgement happens off the
 //! appender, so many batches per partition are in flight at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
 use openraft::{BasicNode, ServerState};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::cluster::network::{Network, PartitionRoute};
+use crate::cluster::wire::GroupKey;
+use crate::cluster::{Cluster, RaftTiming};
 use crate::config::LogConfig;
 use crate::raft::log_store::{LogStore, SharedLog};
-use crate::raft::network::LocalOnlyNetwork;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
 use crate::sequencer::SequencerClient;
@@ -68,37 +71,66 @@ struct AppendRequest {
 pub struct Partition {
     pub topic: String,
     pub index: i32,
+    pub key: GroupKey,
+    /// Replica broker ids; the first is the preferred leader.
+    pub replicas: Vec<i32>,
     node_id: i32,
     raft: PartitionRaft,
     log: SharedLog,
     high_watermark: watch::Receiver<i64>,
     appender: mpsc::Sender<AppendRequest>,
+    cluster: Arc<Cluster>,
+    isr: Mutex<IsrTracker>,
+    /// Size of the ISR as last computed (all replicas until the first computation, as
+    /// Kafka starts a partition with every replica in sync).
+    isr_len: AtomicUsize,
+}
+
+/// When each follower was last caught up with the leader's committed log.
+#[derive(Default)]
+struct IsrTracker {
+    term: u64,
+    caught_up: HashMap<u64, Instant>,
 }
 
 /// Everything a partition needs from the broker.
 pub struct PartitionEnv<'a> {
     pub node_id: u64,
-    pub advertised: String,
     pub data_dir: &'a Path,
     pub log_config: LogConfig,
     pub meta: Arc<MetaStore>,
     pub sequencer: SequencerClient,
     pub data_arrived: Arc<Notify>,
+    pub cluster: Arc<Cluster>,
+    pub timing: RaftTiming,
+}
+
+/// Which partition to open and who replicates it.
+pub struct PartitionSpec<'a> {
+    pub topic: &'a str,
+    pub index: i32,
+    /// Directory (and Raft storage group) name under the data dir.
+    pub group: &'a str,
+    pub key: GroupKey,
+    pub replicas: Vec<i32>,
+    /// Raft transport address of each replica.
+    pub voters: BTreeMap<u64, BasicNode>,
 }
 
 impl Partition {
-    /// Opens (creating if new) partition `index` of a topic, stored under `dir_name`, and
-    /// starts its Raft group.
+    /// Opens (creating if new) a partition replica and starts its Raft group. A new group is
+    /// initialized at once by its preferred replica and, should that replica be down, by any
+    /// other replica after a few election timeouts (same voter set everywhere, which
+    /// openraft documents as safe).
     pub async fn open(
         env: &PartitionEnv<'_>,
-        topic: &str,
-        index: i32,
-        group: &str,
+        spec: PartitionSpec<'_>,
     ) -> Result<Arc<Self>, PartitionError> {
-        let dir = env.data_dir.join(group);
+        let dir = env.data_dir.join(spec.group);
         let storage = |e: openraft::StorageError<u64>| PartitionError::Storage(e.to_string());
+        let raft_err = |e: &dyn std::fmt::Display| PartitionError::Raft(e.to_string());
         let log_store = LogStore::open(
-            group,
+            spec.group,
             env.node_id,
             &dir,
             env.log_config,
@@ -106,33 +138,49 @@ impl Partition {
         )
         .map_err(storage)?;
         let shared = log_store.shared();
-        let (sm, high_watermark) =
-            StateMachineStore::open(group, Arc::clone(&env.meta), Arc::clone(&env.data_arrived))
-                .map_err(storage)?;
-        let config = partition_raft_config().map_err(|e| PartitionError::Raft(e.to_string()))?;
-        let raft = PartitionRaft::new(env.node_id, config, LocalOnlyNetwork, log_store, sm)
+        let (sm, high_watermark) = StateMachineStore::open(
+            spec.group,
+            Arc::clone(&env.meta),
+            Arc::clone(&env.data_arrived),
+        )
+        .map_err(storage)?;
+        let config = partition_raft_config(env.timing).map_err(|e| raft_err(&e))?;
+        let network = Network::new(Arc::clone(&env.cluster.transport), PartitionRoute(spec.key));
+        let raft = PartitionRaft::new(env.node_id, config, network, log_store, sm)
             .await
-            .map_err(|e| PartitionError::Raft(e.to_string()))?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| PartitionError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(env.node_id, BasicNode::new(&env.advertised))]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| PartitionError::Raft(e.to_string()))?;
+            .map_err(|e| raft_err(&e))?;
+        env.cluster.register_group(spec.key, raft.clone());
+        let node_id = i32::try_from(env.node_id).unwrap_or(i32::MAX);
+        if !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
+            let preferred = spec.replicas.first() == Some(&node_id);
+            let delay = if preferred {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(env.timing.election_min_ms * 6)
+            };
+            tokio::spawn(initialize_later(raft.clone(), spec.voters.clone(), delay));
         }
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
-        tokio::spawn(run_appender(rx, raft.clone(), env.sequencer.clone()));
+        tokio::spawn(run_appender(
+            rx,
+            raft.clone(),
+            env.sequencer.clone(),
+            Arc::clone(&shared),
+        ));
+        let replicas = spec.replicas.clone();
         Ok(Arc::new(Self {
-            topic: topic.to_string(),
-            index,
-            node_id: i32::try_from(env.node_id).unwrap_or(i32::MAX),
+            topic: spec.topic.to_string(),
+            index: spec.index,
+            key: spec.key,
+            isr_len: AtomicUsize::new(replicas.len()),
+            replicas,
+            node_id,
             raft,
             log: shared,
             high_watermark,
             appender: tx,
+            cluster: Arc::clone(&env.cluster),
+            isr: Mutex::new(IsrTracker::default()),
         }))
     }
 
@@ -145,13 +193,83 @@ impl Partition {
             .is_ok()
     }
 
-    /// This broker's id (every replica of a single-voter group).
+    /// This broker's id.
     pub fn node_id(&self) -> i32 {
         self.node_id
     }
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this replica knows of and its term (Kafka's leader epoch).
+    pub fn known_leader(&self) -> Option<(i32, i32)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = i32::try_from(m.current_leader?).ok()?;
+        Some((leader, i32::try_from(m.current_term).unwrap_or(i32::MAX)))
+    }
+
+    /// Replicas currently in sync (meaningful on the leader).
+    pub fn in_sync_count(&self) -> usize {
+        self.isr_len.load(Ordering::Relaxed)
+    }
+
+    /// On the leader: recomputes the ISR (the leader plus followers that answered within
+    /// `lag_max` and whose replicated log reached the leader's applied index within
+    /// `lag_max`, Kafka's replica.lag.time.max.ms) and returns (epoch, ISR).
+    pub fn refresh_isr(&self, lag_max: Duration) -> Option<(i32, Vec<i32>)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let now = Instant::now();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let mut tracker = self.isr.lock().ok()?;
+        if tracker.term != m.current_term {
+            // New leadership: every replica starts in sync, as in Kafka.
+            tracker.term = m.current_term;
+            tracker.caught_up.clear();
+        }
+        let mut isr = vec![self.node_id];
+        for (follower, matched) in m.replication.iter().flatten() {
+            // openraft lists the leader among the replication targets too.
+            if i64::try_from(*follower).ok() == Some(i64::from(self.node_id)) {
+                continue;
+            }
+            let seen = tracker.caught_up.entry(*follower).or_insert(now);
+            if matched.is_some_and(|l| l.index >= applied) {
+                *seen = now;
+            }
+            let alive = self.cluster.transport.answered_within(*follower, lag_max);
+            if alive && now.duration_since(*seen) <= lag_max {
+                isr.push(i32::try_from(*follower).unwrap_or(i32::MAX));
+            }
+        }
+        isr.sort_unstable();
+        self.isr_len.store(isr.len(), Ordering::Relaxed);
+        Some((i32::try_from(m.current_term).unwrap_or(i32::MAX), isr))
+    }
+
+    /// Preferred leader election: the first replica, when it follows a known leader and
+    /// has applied everything it holds, asks for the leadership back.
+    pub async fn reclaim_preferred_leadership(&self) {
+        if self.replicas.first() != Some(&self.node_id) {
+            return;
+        }
+        let caught_up = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Follower
+                && m.current_leader.is_some()
+                && m.last_log_index.is_some()
+                && m.last_applied.map(|l| l.index) == m.last_log_index
+        };
+        if caught_up {
+            tracing::info!(topic = %self.topic, partition = self.index, "taking back preferred leadership");
+            let _ = self.raft.trigger().elect().await;
+        }
     }
 
     /// Current Raft term, reported to clients as the partition leader epoch.
@@ -212,8 +330,18 @@ impl Partition {
     }
 
     pub async fn shutdown(&self) {
+        self.cluster.unregister_group(&self.key);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "raft shutdown");
+        }
+    }
+}
+
+async fn initialize_later(raft: PartitionRaft, voters: BTreeMap<u64, BasicNode>, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    if matches!(raft.is_initialized().await, Ok(false)) {
+        if let Err(e) = raft.initialize(voters).await {
+            tracing::debug!(error = %e, "partition group already initialized");
         }
     }
 }
@@ -222,6 +350,7 @@ async fn run_appender(
     mut rx: mpsc::Receiver<AppendRequest>,
     raft: PartitionRaft,
     sequencer: SequencerClient,
+    log: SharedLog,
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -248,6 +377,20 @@ async fn run_appender(
                 continue;
             }
         };
+        // Offsets must grow within a partition, also across leader changes. The ring hands
+        // out numbers in real-time order, so a new leader's numbers lie above everything the
+        // old one appended; this check turns a violation into an error instead of a log
+        // that goes backwards.
+        let end = log.read().ok().and_then(|l| l.log.end_offset());
+        if end.is_some_and(|end| (base as i64) < end) {
+            tracing::error!(base, end = ?end, "sequencer returned numbers below the partition's end");
+            for r in group {
+                let _ = r.reply.send(Err(AppendError::Sequencer(
+                    "sequence numbers below the partition end".into(),
+                )));
+            }
+            continue;
+        }
         for r in group {
             let offset = base as i64;
             base += r.record_count;
@@ -269,6 +412,7 @@ async fn submit(raft: &PartitionRaft, mut req: AppendRequest, base_offset: i64) 
     let entry = BatchEntry {
         batch: Bytes::from(req.batch),
         appended: signal,
+        verified: true,
     };
     let committed = match raft.client_write_ff(entry).await {
         Ok(rx) => rx,

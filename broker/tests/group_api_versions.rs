@@ -79,7 +79,7 @@ async fn open() -> (tempfile::TempDir, Arc<Broker>) {
         .expect("broker opens");
     broker::group::offsets_topic::start(&broker);
     broker
-        .create_topic("t", 2, BTreeMap::new())
+        .create_topic("t", 2, -1, BTreeMap::new(), None)
         .await
         .expect("topic");
     (dir, broker)

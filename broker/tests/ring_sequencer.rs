@@ -1,8 +1,10 @@
-//! The broker's ring client against three in-process switches and a fake controller:
-//! concurrent reservations never overlap and respect real-time order; after the epoch is
-//! sealed and a new one installed above everything, reservations recover. Every wait in
-//! the harness and the client retransmits until a deadline, so nothing here depends on
-//! timing beyond "the loopback ring eventually answers".
+//! The broker's ring client against three in-process switches (the softswitch host loop,
+//! idle pacing on) and a fake controller: concurrent reservations never overlap and respect
+//! real-time order; after the epoch is sealed and a new one installed above everything,
+//! reservations recover; a full-size Kafka batch (1,000,000 records) gets consecutive
+//! numbers from a ring with the default W, and a ring with a smaller W is refused. Every
+//! wait in the harness and the client retransmits until a deadline, so nothing here
+//! depends on timing beyond "the loopback ring eventually answers".
 
 #[path = "support/ring_harness.rs"]
 mod ring_harness;
@@ -12,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::metrics::Metrics;
-use broker::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
+use broker::ring_sequencer::{ConfigSource, RingError, RingOptions, RingSequencer};
 use broker::sequencer::{Sequencer, SequencerClient};
-use ring_harness::{FakeController, SoftRing};
+use ring_harness::{FakeController, HostOptions, SoftRing};
+use sequencer_p4::control::DEFAULT_MAX_VISIT;
 
 /// One completed reservation: logical start and end ticks, first number, count.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +81,7 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_reservations_are_disjoint_ordered_and_survive_reconfiguration() {
-    let ring = SoftRing::start(3, Duration::from_millis(1)).await;
+    let ring = SoftRing::start(3, HostOptions::default()).await;
     let ctrl = FakeController::start().await;
     let cfg1 = ring.install(1, 1_000, 1 << 40, 1_000).await;
     ring.inject(1).await;
@@ -88,6 +91,8 @@ async fn ring_reservations_are_disjoint_ordered_and_survive_reconfiguration() {
     let opts = RingOptions {
         rto: Duration::from_millis(30),
         deadline: Duration::from_secs(30),
+        // A small W, to exercise the per-request limit.
+        min_max_visit: 1,
         ..RingOptions::default()
     };
     let mut seqs = Vec::new();
@@ -178,4 +183,78 @@ async fn ring_reservations_are_disjoint_ordered_and_survive_reconfiguration() {
     assert!(metrics.ring_config_fetches.get() >= 1);
     // The reservations started after the seal were re-requested in epoch 2.
     assert!(metrics.ring_reissues.get() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_size_batches_fit_the_default_ring_and_a_small_w_is_refused() {
+    let ring = SoftRing::start(2, HostOptions::default()).await;
+    let ctrl = FakeController::start().await;
+    // The broker refuses a ring whose W cannot number its largest batch, with the reason.
+    ctrl.set(ring.install(1, 1_000, 1 << 40, 65_536).await);
+    let start = || {
+        RingSequencer::start(
+            ConfigSource::Controllers(vec![ctrl.addr.to_string()]),
+            "127.0.0.1:0".parse().expect("addr"),
+            0,
+            0,
+            RingOptions::default(),
+            Arc::new(Metrics::new()),
+        )
+    };
+    match start().await {
+        Err(RingError::Refused(why)) => {
+            assert!(
+                why.contains("65536") && why.contains("--max-visit"),
+                "{why}"
+            )
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a ring with W = 65536 was accepted"),
+    }
+
+    // The ring controller's default W: a batch of 1,000,000 records is one request, and
+    // the batching client merges whole tickets up to W.
+    ring.seal(1).await;
+    ctrl.set(
+        ring.install(2, 1 << 30, (1 << 30) + (1 << 40), DEFAULT_MAX_VISIT)
+            .await,
+    );
+    ring.inject(2).await;
+    let metrics = Arc::new(Metrics::new());
+    let seq = Arc::new(start().await.expect("default W is accepted"));
+    assert_eq!(seq.max_batch(), u64::from(DEFAULT_MAX_VISIT));
+    let client = SequencerClient::start(
+        Arc::clone(&seq) as Arc<dyn Sequencer>,
+        Duration::ZERO,
+        Arc::clone(&metrics),
+    );
+    let clock = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for i in 0..6u64 {
+        let c = client.clone();
+        let clock = Arc::clone(&clock);
+        handles.push(tokio::spawn(async move {
+            let count = if i % 2 == 0 { 1_000_000 } else { 1 + i };
+            let start = clock.fetch_add(1, Ordering::SeqCst);
+            let base = c.reserve(count).await.expect("full-size batch");
+            let end = clock.fetch_add(1, Ordering::SeqCst);
+            Done {
+                start,
+                end,
+                base,
+                count,
+            }
+        }));
+    }
+    let mut done = Vec::new();
+    for h in handles {
+        done.push(h.await.expect("join"));
+    }
+    check(&done);
+    assert!(done.iter().all(|d| d.base >= 1 << 30));
+    // One request never carries more than W.
+    assert!(matches!(
+        seq.reserve(u64::from(DEFAULT_MAX_VISIT) + 1).await,
+        Err(broker::sequencer::SequencerError::TooMany(_))
+    ));
 }

@@ -1,5 +1,6 @@
 //! Admin endpoint: a tiny HTTP/1.1 responder (one request per connection, bounded request
-//! head, timeouts). `GET /ring`, `GET /metrics`, `POST /resize?switches=...`.
+//! head, timeouts). `GET /ring`, `GET /metrics`, `POST /resize?switches=...`,
+//! `GET /members`, `POST /members?add=ID=HOST:PORT`, `POST /members?remove=ID`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::controller::{parse_switch_specs, AdminError, AdminHandle, Metrics};
-use crate::replica::Replica;
+use crate::replica::{MembershipError, Replica};
+
+/// How long `POST /members?add=` waits for the new replica to catch up with the log.
+const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Request heads larger than this are refused: the admin API has no bodies.
 const MAX_HEAD: usize = 8192;
@@ -107,8 +111,77 @@ async fn handle(mut stream: TcpStream, state: AdminState) -> std::io::Result<()>
                 Err(e) => respond(&mut stream, 400, "text/plain", &format!("{e}\n")).await,
             }
         }
+        ("GET", "/members") => {
+            let body = members_json(&state.replica);
+            respond(&mut stream, 200, "application/json", &body).await
+        }
+        ("POST", "/members") => {
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(k))
+                    .map(percent_decode)
+            };
+            let result = match (param("add="), param("remove=")) {
+                (Some(add), None) => match parse_member(&add) {
+                    Ok((id, addr)) => state.replica.add_member(id, addr, CATCH_UP).await,
+                    Err(e) => {
+                        return respond(&mut stream, 400, "text/plain", &format!("{e}\n")).await
+                    }
+                },
+                (None, Some(remove)) => match remove.trim().parse::<u64>() {
+                    Ok(id) => state.replica.remove_member(id).await,
+                    Err(e) => {
+                        let msg = format!("remove={remove}: {e}\n");
+                        return respond(&mut stream, 400, "text/plain", &msg).await;
+                    }
+                },
+                _ => {
+                    let msg = "give exactly one of add=ID=HOST:PORT or remove=ID\n";
+                    return respond(&mut stream, 400, "text/plain", msg).await;
+                }
+            };
+            match result {
+                Ok(_) => {
+                    let body = members_json(&state.replica);
+                    respond(&mut stream, 200, "application/json", &body).await
+                }
+                Err(e @ MembershipError::NotLeader(_)) => {
+                    respond(&mut stream, 421, "text/plain", &format!("{e}\n")).await
+                }
+                Err(e @ (MembershipError::NotAMember(_) | MembershipError::LastVoter)) => {
+                    respond(&mut stream, 400, "text/plain", &format!("{e}\n")).await
+                }
+                Err(e) => respond(&mut stream, 503, "text/plain", &format!("{e}\n")).await,
+            }
+        }
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
     }
+}
+
+/// `ID=HOST:PORT` of a replica's Raft listener.
+fn parse_member(s: &str) -> Result<(u64, std::net::SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("add={s}: expected ID=HOST:PORT"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("add={s}: replica id: {e}"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("add={s}: address: {e}"))?;
+    Ok((id, addr))
+}
+
+fn members_json(replica: &Replica) -> String {
+    let body = serde_json::json!({
+        "leader": replica.leader(),
+        "voters": replica.voters(),
+        "nodes": replica.nodes(),
+    });
+    body.to_string() + "\n"
 }
 
 /// Only what a switch list can contain needs decoding (`,` `=` `:`).
@@ -184,4 +257,21 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_specs_parse() {
+        assert_eq!(
+            parse_member("4=127.0.0.1:7714"),
+            Ok((4, "127.0.0.1:7714".parse().expect("addr")))
+        );
+        assert!(parse_member("4").is_err());
+        assert!(parse_member("x=127.0.0.1:1").is_err());
+        assert!(parse_member("4=nowhere").is_err());
+        assert_eq!(percent_decode("4%3D127.0.0.1%3A1"), "4=127.0.0.1:1");
+    }
 }

@@ -12,6 +12,7 @@ use ring_controller::controller::{self, ControllerConfig, Metrics};
 use ring_controller::http::{self, AdminState};
 use ring_controller::replica::Replica;
 use ring_controller::store::RosterEntry;
+use sequencer_p4::control::DEFAULT_MAX_VISIT;
 use tokio::net::{TcpListener, UdpSocket};
 
 /// Control plane of the sequencer ring: stores the ring configuration in a 3-replica Raft
@@ -22,9 +23,15 @@ struct Args {
     /// This replica's Raft id (must appear in --peers).
     #[arg(long, env = "RING_CTRL_ID")]
     id: u64,
-    /// All replicas, this one included: id=host:port of their --raft-listen.
+    /// All replicas, this one included: id=host:port of their --raft-listen. Used to form
+    /// the group on first start (the lowest id initializes it); afterwards the membership
+    /// lives in the Raft log and changes only through `POST /members`.
     #[arg(long, env = "RING_CTRL_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
+    /// Start as a new replica of an existing group: initialize nothing and wait until the
+    /// leader adds this replica (`POST /members?add=ID=HOST:PORT` on the leader).
+    #[arg(long, env = "RING_CTRL_JOIN")]
+    join: bool,
     /// TCP address for Raft RPCs from peers.
     #[arg(long, env = "RING_CTRL_RAFT_LISTEN")]
     raft_listen: SocketAddr,
@@ -43,8 +50,10 @@ struct Args {
     /// No progress for this many ms: the token is presumed lost.
     #[arg(long, default_value_t = 1000)]
     token_timeout_ms: u64,
-    /// Most numbers per token visit (W).
-    #[arg(long, default_value_t = 1 << 16)]
+    /// Most numbers per token visit (W), and so per request. Brokers refuse a ring whose W
+    /// is below their per-batch record limit (1,000,000); the default leaves room for a
+    /// partition's whole queue of batches in one request.
+    #[arg(long, default_value_t = DEFAULT_MAX_VISIT)]
     max_visit: u32,
     /// Progress alarm every 2^report_shift token hops.
     #[arg(long, default_value_t = 12)]
@@ -92,8 +101,11 @@ async fn main() -> anyhow::Result<()> {
 
     let peers: BTreeMap<u64, SocketAddr> =
         parse_pairs(&args.peers, "--peers")?.into_iter().collect();
-    if !peers.contains_key(&args.id) {
-        bail!("--id {} is not in --peers", args.id);
+    if !args.join && !peers.contains_key(&args.id) {
+        bail!(
+            "--id {} is not in --peers (a replica joining an existing group takes --join)",
+            args.id
+        );
     }
     let mut roster = Vec::new();
     for (id, addr) in parse_pairs::<SocketAddrV4>(&args.switches, "--switches")? {
@@ -111,8 +123,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind admin {}", args.admin_listen))?;
 
-    let replica = Replica::start(args.id, peers, raft_listener, args.data_dir.clone()).await?;
-    let metrics = Arc::new(Metrics::default());
     let token_timeout = Duration::from_millis(args.token_timeout_ms);
     let cfg = ControllerConfig {
         token_timeout,
@@ -122,6 +132,22 @@ async fn main() -> anyhow::Result<()> {
         initial_roster: roster,
         ..ControllerConfig::default()
     };
+    if let Err(e) = cfg.core().validate() {
+        bail!("--max-visit / --token-timeout-ms: {e}");
+    }
+    if args.max_visit < 1_000_000 {
+        tracing::warn!(
+            max_visit = args.max_visit,
+            "W is below the broker's per-batch record limit (1000000): brokers will refuse this ring"
+        );
+    }
+
+    let replica = if args.join {
+        Replica::join(args.id, raft_listener, args.data_dir.clone()).await?
+    } else {
+        Replica::start(args.id, peers, raft_listener, args.data_dir.clone()).await?
+    };
+    let metrics = Arc::new(Metrics::default());
     let (admin, ctrl_task) = controller::spawn(replica.clone(), udp, cfg, metrics.clone());
     tracing::info!(
         id = args.id,

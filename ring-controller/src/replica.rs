@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use sequencer_p4::config::RingConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,6 +33,32 @@ pub enum ReplicaError {
     Write(#[from] RaftError<u64, ClientWriteError<u64, BasicNode>>),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    #[error("replica {0} is not in the group")]
+    NotAMember(u64),
+    #[error("replica {0} did not catch up with the log within {1:?} (is it running with --join, and is its address right?); it stays a learner")]
+    NotCaughtUp(u64, Duration),
+    #[error("cannot remove the last voter")]
+    LastVoter,
+    #[error("membership change failed: {0}")]
+    Raft(String),
+}
+
+impl MembershipError {
+    fn from_raft(e: RaftError<u64, ClientWriteError<u64, BasicNode>>, leader: Option<u64>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                MembershipError::NotLeader(f.leader_id.or(leader))
+            }
+            other => MembershipError::Raft(other.to_string()),
+        }
+    }
 }
 
 /// Result of `install`: whether our configuration won, and what is stored now.
@@ -94,6 +120,112 @@ impl Replica {
             }
         }
         Ok(Self { id, raft, state })
+    }
+
+    /// Starts replica `id` that is not part of any group yet: it initializes nothing and
+    /// waits for a leader to add it ([`Replica::add_member`] on the leader). Its peers'
+    /// addresses come from the membership it receives.
+    pub async fn join(
+        id: u64,
+        listener: TcpListener,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Self, ReplicaError> {
+        if let Some(d) = &data_dir {
+            std::fs::create_dir_all(d)?;
+        }
+        let log = LogStore::open(data_dir)?;
+        let (sm, state) = StateMachine::new();
+        let net = TcpNetwork {
+            peers: BTreeMap::new(),
+        };
+        let raft = ControllerRaft::new(id, raft_config()?, net, log, sm).await?;
+        tokio::spawn(serve(listener, raft.clone()));
+        Ok(Self { id, raft, state })
+    }
+
+    /// Adds replica `id` (its Raft address `addr`) as a voter: first as a learner, then,
+    /// once it has caught up with the log (within `catch_up`), by a joint-consensus
+    /// membership change. Must run on the leader. Returns the voters afterwards. A learner
+    /// that does not catch up stays a learner (remove it with [`Replica::remove_member`]).
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        catch_up: Duration,
+    ) -> Result<BTreeSet<u64>, MembershipError> {
+        if !self.is_leader() {
+            return Err(MembershipError::NotLeader(self.leader()));
+        }
+        let mut voters = self.voters();
+        if voters.contains(&id) {
+            return Ok(voters);
+        }
+        let added = self
+            .raft
+            .add_learner(id, BasicNode::new(addr.to_string()), false)
+            .await
+            .map_err(|e| MembershipError::from_raft(e, self.leader()))?;
+        let target = added.log_id.index;
+        let caught_up = self
+            .raft
+            .wait(Some(catch_up))
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_some_and(|r| {
+                        r.get(&id)
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|l| l.index >= target)
+                    })
+                },
+                "new controller replica caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(MembershipError::NotCaughtUp(id, catch_up));
+        }
+        voters.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map_err(|e| MembershipError::from_raft(e, self.leader()))?;
+        Ok(self.voters())
+    }
+
+    /// Removes replica `id` from the group (a voter, or a learner that never caught up).
+    /// Must run on the leader; refuses to remove the last voter. Returns the voters
+    /// afterwards.
+    pub async fn remove_member(&self, id: u64) -> Result<BTreeSet<u64>, MembershipError> {
+        if !self.is_leader() {
+            return Err(MembershipError::NotLeader(self.leader()));
+        }
+        let mut voters = self.voters();
+        let change = if voters.remove(&id) {
+            if voters.is_empty() {
+                return Err(MembershipError::LastVoter);
+            }
+            ChangeMembers::ReplaceAllVoters(voters)
+        } else if self.nodes().contains_key(&id) {
+            ChangeMembers::RemoveNodes([id].into())
+        } else {
+            return Err(MembershipError::NotAMember(id));
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| MembershipError::from_raft(e, self.leader()))?;
+        Ok(self.voters())
+    }
+
+    /// Every node in the membership with its Raft address (voters and learners).
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// The state this replica has applied (possibly behind the leader).

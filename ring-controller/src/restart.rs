@@ -1,26 +1,14 @@
 //! The restart point (PROTOCOL.md, "Choosing the restart point"): the base of epoch e+1,
 //! above every number epoch e can have issued, computed from the sealed switches' reports.
 
-use std::collections::BTreeMap;
-
-use sequencer_p4::config::RingConfig;
-use sequencer_p4::wire::Status;
-
-/// `reports` maps switch id to the Status that answered the seal of `cfg.epoch`; the formula
-/// and why it is safe are in [`sequencer_p4::config::restart_point`], shared with the
-/// simulation.
-pub fn restart_point(cfg: &RingConfig, reports: &BTreeMap<u16, Status>) -> u64 {
-    let members = cfg
-        .members
-        .iter()
-        .map(|m| (m.boot, reports.get(&m.switch_id)));
-    sequencer_p4::config::restart_point(cfg.epoch, cfg.base, cfg.limit, cfg.max_visit, members)
-}
+pub use sequencer_p4::control::restart_point_of as restart_point;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sequencer_p4::config::RingMember;
+    use sequencer_p4::config::{RingConfig, RingMember};
+    use sequencer_p4::wire::Status;
+    use std::collections::BTreeMap;
     use std::net::SocketAddrV4;
 
     fn cfg(n: u16) -> RingConfig {
@@ -95,28 +83,5 @@ mod tests {
     #[test]
     fn empty_ring_restarts_at_base() {
         assert_eq!(restart_point(&cfg(0), &BTreeMap::new()), 1000);
-    }
-
-    #[test]
-    fn agrees_with_the_simulation_model() {
-        // Both call the shared formula; this checks that the controller's adapter (switch ids,
-        // boot ids from the config) feeds it what the sim's adapter does (switch indexes).
-        let c = cfg(3);
-        let store = sequencer_p4::sim::Store {
-            epoch: c.epoch,
-            base: c.base,
-            limit: c.limit,
-            members: c
-                .members
-                .iter()
-                .map(|m| (m.switch_id as usize, m.boot))
-                .collect(),
-        };
-        let r: BTreeMap<_, _> = [report(0, 10, 5, 5, 1500), report(2, 12, 5, 5, 1400)].into();
-        let acks: Vec<Option<Status>> = (0..3).map(|i| r.get(&i).copied()).collect();
-        assert_eq!(
-            restart_point(&c, &r),
-            sequencer_p4::sim::restart_point(&store, &acks, c.max_visit)
-        );
     }
 }

@@ -2,7 +2,7 @@
 //! the Raft-critical part (vote, log, committed id) mirrored to one small JSON file per
 //! replica.
 //!
-//! The state machine holds the current [`RingConfig`] and the switch roster. Its only
+//! The state machine holds the current [`sequencer_p4::config::RingConfig`] and the switch roster. Its only
 //! conditional command is [`Command::Install`]: applied only if the stored epoch is still
 //! the expected one. Because every replica applies the same log in the same order, two
 //! controllers racing to store epoch e+1 get exactly one winner, and the loser learns the
@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{Cursor, Write};
-use std::net::SocketAddrV4;
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,6 @@ use openraft::{
     BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageIOError, StoredMembership, Vote,
 };
-use sequencer_p4::config::RingConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -45,66 +43,13 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<u64>;
 pub type StorageError = openraft::StorageError<u64>;
 
-/// A switch the operator wants in the ring (the roster); the ring of an epoch is the subset
-/// that answered the seal, in roster order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RosterEntry {
-    pub switch_id: u16,
-    pub addr: SocketAddrV4,
-}
-
-/// A replicated command.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Command {
-    /// Store `config` only if the stored epoch (0 = none) is still `expected_epoch`.
-    Install {
-        expected_epoch: u32,
-        config: RingConfig,
-    },
-    /// Replace the roster (resize). Takes effect at the next reconfiguration.
-    SetRoster { roster: Vec<RosterEntry> },
-}
+pub use sequencer_p4::control::{Command, CtrlState, RosterEntry};
 
 /// What applying a command reports back: whether it took effect, and the state after it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     pub applied: bool,
     pub state: CtrlState,
-}
-
-/// The replicated state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CtrlState {
-    pub config: Option<RingConfig>,
-    pub roster: Vec<RosterEntry>,
-}
-
-impl CtrlState {
-    pub fn epoch(&self) -> u32 {
-        self.config.as_ref().map_or(0, |c| c.epoch)
-    }
-
-    /// The one place the conditional write is decided.
-    pub fn apply(&mut self, cmd: &Command) -> bool {
-        match cmd {
-            Command::Install {
-                expected_epoch,
-                config,
-            } => {
-                // Epochs must also strictly grow, so a buggy proposer cannot go backwards
-                // even with a matching expectation.
-                let ok = self.epoch() == *expected_epoch && config.epoch > *expected_epoch;
-                if ok {
-                    self.config = Some(config.clone());
-                }
-                ok
-            }
-            Command::SetRoster { roster } => {
-                self.roster = roster.clone();
-                true
-            }
-        }
-    }
 }
 
 /// The part of Raft state that must survive a restart for Raft to be safe.

@@ -1,29 +1,37 @@
-//! Deterministic simulation of a sequencer ring: N switches running [`Pipeline`], a simple
-//! controller (seal all, choose the restart point, install, inject), and brokers issuing
-//! requests, over a network that loses, duplicates, delays and reorders packets, while
-//! switches, brokers and the controller crash and restart. Time is a step counter and all
-//! randomness comes from one seed, so a seed replays exactly.
+//! Deterministic simulation of a sequencer ring: N switches running [`Pipeline`], the ring
+//! controller's decisions ([`ControlCore`], the code `ring-controller` runs) over a store
+//! that applies the same conditional write ([`CtrlState::apply`]), and brokers running the
+//! ring client ([`client::Core`], the code the broker runs), over a network that loses,
+//! duplicates, delays and reorders packets, while switches, brokers and the controller
+//! crash and restart and the operator resizes the ring. Time is a step counter (one step
+//! is one virtual millisecond for the cores' clocks) and all randomness comes from one
+//! seed, so a seed replays exactly.
 //!
-//! The [`Checker`] watches every packet a switch emits and every request a broker
+//! The [`Checker`] watches every packet a switch emits and every reservation a broker
 //! completes, and records a violation of:
 //! * uniqueness: no two announcements (or grants) cover the same number, and no two
-//!   completed requests hold the same number;
-//! * real-time order: a request completed before another started has smaller numbers;
+//!   completed reservations hold the same number;
+//! * real-time order: a reservation completed before another started has smaller numbers;
 //! * silence: a switch emits no ticket, grant, announcement or token between a restart
-//!   and the delivery of an `Install` addressed to its new incarnation.
+//!   and the delivery of an `Install` addressed to its new incarnation;
+//! * sanity of the client: no reservation refused as malformed or too large.
 //!
-//! The controller here is a model for the tests, not the ring controller: it keeps its
-//! "metastore" in memory (surviving its own crashes, as a replicated store would) and
-//! runs the same reconfiguration steps `PROTOCOL.md` prescribes.
+//! What is modelled rather than run: the Raft group (one store that survives controller
+//! crashes, written synchronously; a crash may fall between the write and the controller
+//! learning its outcome), the HTTP fetch of the configuration (delivered after a network
+//! delay, possibly stale), and the I/O drivers around the cores.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
-use crate::pipeline::{Config, Pipeline};
-use crate::wire::{
-    install_flags, AlarmKind, Announce, Inject, Install, Message, RejectReason, Request, Seal,
-    Status,
+use crate::client::{self, Action, ClientOptions, DoneKind};
+use crate::config::RingConfig;
+use crate::control::{
+    Command, ControlCore, ControlOptions, CtrlState, Effect, RosterEntry, SwitchSpec,
 };
+use crate::pipeline::{Config, Pipeline};
+use crate::wire::{Announce, Message};
 
 /// SplitMix64: small, fast, and the same everywhere (no dependency on a crate's algorithm).
 #[derive(Debug, Clone)]
@@ -61,7 +69,12 @@ impl Rng {
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub seed: u64,
+    /// Switches that exist (some may only join through a resize).
     pub switches: usize,
+    /// The first `initial_roster` switches form the initial roster.
+    pub initial_roster: usize,
+    /// Operator resizes: at step s, the roster becomes these switches (in ring order).
+    pub resizes: Vec<(u64, Vec<usize>)>,
     pub brokers: usize,
     pub steps: u64,
     /// Faults stop after this step so the run can show recovery.
@@ -76,7 +89,7 @@ pub struct SimConfig {
     pub switch_restart_ppm: u32,
     pub controller_crash_ppm: u32,
     pub broker_crash_ppm: u32,
-    /// Chance per step that an idle broker slot starts a request.
+    /// Chance per step that an idle broker slot starts a reservation.
     pub request_ppm: u32,
     pub max_count: u32,
     pub max_outstanding: usize,
@@ -85,13 +98,17 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// A configuration drawn from the seed, so that many seeds cover many shapes.
+    /// A configuration drawn from the seed, so that many seeds cover many shapes: one in
+    /// four also resizes the ring twice under load.
     pub fn from_seed(seed: u64) -> Self {
         let mut r = Rng::new(seed ^ 0x5EED);
         let steps = 5000;
-        Self {
+        let switches = 1 + r.below(5) as usize;
+        let mut cfg = Self {
             seed,
-            switches: 1 + r.below(5) as usize,
+            switches,
+            initial_roster: switches,
+            resizes: Vec::new(),
             brokers: 1 + r.below(3) as usize,
             steps,
             faults_until: steps * 2 / 3,
@@ -107,10 +124,26 @@ impl SimConfig {
             max_outstanding: r.pick(&[1, 4]),
             max_visit: r.pick(&[100, 1000, 100_000]),
             epoch_span: r.pick(&[5_000, 1 << 40]),
+        };
+        if r.below(4) == 0 {
+            // Random rosters at two random times (each a non-empty subset, random order).
+            cfg.switches = 2 + r.below(4) as usize;
+            cfg.initial_roster = 1 + r.below(cfg.switches as u64) as usize;
+            for _ in 0..2 {
+                let at = 200 + r.below(steps / 2);
+                let mut ids: Vec<usize> = (0..cfg.switches).collect();
+                for i in (1..ids.len()).rev() {
+                    ids.swap(i, r.below(i as u64 + 1) as usize);
+                }
+                ids.truncate(1 + r.below(cfg.switches as u64) as usize);
+                cfg.resizes.push((at, ids));
+            }
+            cfg.resizes.sort_by_key(|(at, _)| *at);
         }
+        cfg
     }
 
-    /// No faults at all: every request must complete and there is one epoch.
+    /// No faults at all: every reservation must complete and there is one epoch.
     pub fn calm(seed: u64) -> Self {
         Self {
             loss_ppm: 0,
@@ -120,12 +153,66 @@ impl SimConfig {
             broker_crash_ppm: 0,
             epoch_span: 1 << 40,
             max_visit: 100_000,
+            resizes: Vec::new(),
             ..Self::from_seed(seed)
+        }
+        .with_all_switches_in_roster()
+    }
+
+    fn with_all_switches_in_roster(mut self) -> Self {
+        self.initial_roster = self.switches;
+        self
+    }
+
+    /// The ring grows from 2 to 4 switches and shrinks to 3 while brokers produce, with
+    /// the seed's faults (`calm` for none).
+    pub fn resize_2_4_3(seed: u64, calm: bool) -> Self {
+        let base = if calm {
+            Self::calm(seed)
+        } else {
+            Self::from_seed(seed)
+        };
+        Self {
+            switches: 4,
+            initial_roster: 2,
+            resizes: vec![(1500, vec![0, 1, 2, 3]), (3000, vec![0, 1, 3])],
+            brokers: base.brokers.max(2),
+            request_ppm: 400_000,
+            ..base
         }
     }
 
     fn hop(&self) -> u64 {
         self.max_delay + 1
+    }
+
+    /// The controller's timing in steps (milliseconds of the cores' clocks).
+    fn control_options(&self) -> ControlOptions {
+        let retry = 2 * self.hop() + 2;
+        ControlOptions {
+            retry: Duration::from_millis(retry),
+            probe_interval: Duration::from_millis(4 * retry),
+            token_timeout: Duration::from_millis(12 * (1 << REPORT_SHIFT) * self.hop() + 20),
+            give_up: Duration::from_millis(25 * retry),
+            max_visit: self.max_visit,
+            epoch_span: self.epoch_span,
+            report_shift: REPORT_SHIFT,
+        }
+    }
+
+    /// The ring client's options: its retransmission timeout in steps, and no deadline or
+    /// request limit that a run could reach (a reservation that never completes is caught
+    /// by the progress checks instead).
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            rto: Duration::from_millis(2 * (self.switches as u64 + 4) * self.hop() + 4),
+            deadline: Duration::from_secs(24 * 3600),
+            max_pending: self.max_outstanding,
+            max_requests_per_reservation: 1 << 20,
+            refetch_after_sends: 3,
+            min_max_visit: 1,
+            idle_nudge: Duration::from_millis(2 * self.hop()),
+        }
     }
 }
 
@@ -134,12 +221,18 @@ impl SimConfig {
 pub struct SimReport {
     pub started: u64,
     pub completed: u64,
+    /// Reservations that ended without numbers (Unavailable; never a violation by itself).
+    pub failed: u64,
     pub numbers_issued: u64,
     pub epochs: u32,
     pub switch_crashes: u64,
     pub controller_crashes: u64,
     pub completed_while_controller_down: u64,
-    /// Requests outstanding at the end at brokers that are up.
+    /// Resizes the controller accepted.
+    pub resizes: u64,
+    /// Members of the last stored epoch.
+    pub final_members: Vec<u16>,
+    /// Reservations outstanding at the end at brokers that are up.
     pub outstanding_at_end: u64,
     pub violations: Vec<String>,
 }
@@ -175,76 +268,31 @@ fn node_of(addr: SocketAddrV4) -> Option<Node> {
     }
 }
 
-/// Packets in flight, by arrival step.
+/// Packets in flight, and configuration fetches, by arrival step.
 #[derive(Default)]
 struct Network {
     in_flight: BTreeMap<u64, Vec<(SocketAddrV4, SocketAddrV4, Vec<u8>)>>,
-}
-
-/// The consensus-backed store of the controller: the current configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Store {
-    pub epoch: u32,
-    pub base: u64,
-    pub limit: u64,
-    /// (switch, boot) in ring order.
-    pub members: Vec<(usize, u64)>,
-}
-
-#[derive(Debug)]
-enum Phase {
-    Running {
-        last_progress: u64,
-    },
-    Sealing {
-        started: u64,
-        last_send: u64,
-        acks: Vec<Option<Status>>,
-    },
-    Installing {
-        started: u64,
-        last_send: u64,
-        acked: Vec<bool>,
-    },
-    Injecting {
-        started: u64,
-        last_send: u64,
-    },
+    /// (broker, its incarnation, the configuration read) arriving at a step.
+    fetches: BTreeMap<u64, Vec<(usize, u64, Option<RingConfig>)>>,
 }
 
 struct Controller {
     up: bool,
     down_until: u64,
-    store: Store,
-    phase: Phase,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct HeldTicket {
-    epoch: u32,
-    switch_id: u16,
-    visit: u64,
-    local_off: u64,
-}
-
-#[derive(Debug)]
-struct PendingOp {
-    op: usize,
-    count: u32,
-    req_ids: Vec<u64>,
-    epoch: u32,
-    switch: usize,
-    last_send: u64,
-    sends: u32,
-    tickets: Vec<HeldTicket>,
+    core: ControlCore,
+    /// The replicated store: survives controller crashes.
+    store: CtrlState,
 }
 
 struct Broker {
     up: bool,
     down_until: u64,
-    client: u64,
-    next_req: u64,
-    ops: Vec<PendingOp>,
+    /// Counts restarts, so a fetch answered to an earlier incarnation is dropped.
+    incarnation: u64,
+    core: client::Core,
+    /// The client core's reservation id → index into `Sim::ops`.
+    ops: BTreeMap<u64, usize>,
+    fetching: bool,
 }
 
 struct SwitchSlot {
@@ -384,6 +432,8 @@ pub struct Sim {
     cfg: SimConfig,
     rng: Rng,
     now: u64,
+    /// The cores' clock at step 0.
+    origin: Instant,
     net: Network,
     switches: Vec<SwitchSlot>,
     brokers: Vec<Broker>,
@@ -396,29 +446,39 @@ pub struct Sim {
 impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let mut rng = Rng::new(cfg.seed);
-        let mut sim = Self {
-            switches: Vec::new(),
-            brokers: (0..cfg.brokers)
-                .map(|_| Broker {
-                    up: true,
-                    down_until: 0,
-                    client: rng.next_u64(),
-                    next_req: 1,
-                    ops: Vec::new(),
+        let client_opts = cfg.client_options();
+        let brokers = (0..cfg.brokers)
+            .map(|b| Broker {
+                up: true,
+                down_until: 0,
+                incarnation: 0,
+                core: client::Core::new(rng.next_u64(), b as u64, 0, client_opts.clone()),
+                ops: BTreeMap::new(),
+                fetching: false,
+            })
+            .collect();
+        // The operator's initial roster, stored before the first leader reads the store.
+        let store = CtrlState {
+            config: None,
+            roster: (0..cfg.initial_roster.min(cfg.switches))
+                .map(|s| RosterEntry {
+                    switch_id: s as u16,
+                    addr: switch_addr(s),
                 })
                 .collect(),
+        };
+        let mut sim = Self {
+            switches: Vec::new(),
+            brokers,
             ctrl: Controller {
                 up: true,
                 down_until: 0,
-                store: Store::default(),
-                phase: Phase::Sealing {
-                    started: 0,
-                    last_send: 0,
-                    acks: vec![None; cfg.switches],
-                },
+                core: ControlCore::new(cfg.control_options()),
+                store,
             },
             rng,
             now: 0,
+            origin: Instant::now(),
             net: Network::default(),
             ops: Vec::new(),
             checker: Checker::default(),
@@ -432,8 +492,16 @@ impl Sim {
             });
             sim.boot_switch(i);
         }
-        sim.controller_send_seals();
+        let effects = sim
+            .ctrl
+            .core
+            .become_leader(sim.ctrl.store.clone(), sim.clock());
+        sim.controller_effects(effects);
         sim
+    }
+
+    fn clock(&self) -> Instant {
+        self.origin + Duration::from_millis(self.now)
     }
 
     /// Runs every step and the final checks.
@@ -446,7 +514,14 @@ impl Sim {
         self.report.completed = self.ops.iter().filter(|o| o.end.is_some()).count() as u64;
         self.report.numbers_issued = self.checker.issued.values().map(|(e, ..)| *e).sum::<u64>()
             - self.checker.issued.keys().sum::<u64>();
-        self.report.epochs = self.ctrl.store.epoch;
+        self.report.epochs = self.ctrl.store.epoch();
+        self.report.final_members = self
+            .ctrl
+            .store
+            .config
+            .as_ref()
+            .map(|c| c.members.iter().map(|m| m.switch_id).collect())
+            .unwrap_or_default();
         self.report.outstanding_at_end = self
             .brokers
             .iter()
@@ -463,6 +538,7 @@ impl Sim {
             self.inject_faults();
         }
         self.revive();
+        self.operator();
         for b in 0..self.brokers.len() {
             self.broker_tick(b);
         }
@@ -495,8 +571,13 @@ impl Sim {
         }
     }
 
-    /// Arrivals of this step, in a random order.
+    /// Arrivals of this step, in a random order; configuration fetches first.
     fn deliver_due(&mut self) {
+        if let Some(fetches) = self.net.fetches.remove(&self.now) {
+            for (b, incarnation, cfg) in fetches {
+                self.broker_config(b, incarnation, cfg);
+            }
+        }
         let Some(mut due) = self.net.in_flight.remove(&self.now) else {
             return;
         };
@@ -515,7 +596,7 @@ impl Sim {
             match node_of(to) {
                 Some(Node::Switch(s)) => self.switch_receive(s, from, msg),
                 Some(Node::Broker(b)) => self.broker_receive(b, msg),
-                Some(Node::Controller) => self.controller_receive(msg),
+                Some(Node::Controller) => self.controller_receive(from, msg),
                 None => self
                     .checker
                     .fail(format!("packet to unknown address {to}: {msg:?}")),
@@ -533,19 +614,27 @@ impl Sim {
             }
         }
         if self.rng.chance(self.cfg.controller_crash_ppm) && self.ctrl.up {
-            self.ctrl.up = false;
-            self.ctrl.down_until = self.now + 1 + self.rng.below(40 * self.cfg.hop());
-            self.report.controller_crashes += 1;
+            self.crash_controller();
         }
         if self.rng.chance(self.cfg.broker_crash_ppm) {
             let b = self.rng.below(self.brokers.len() as u64) as usize;
             let broker = &mut self.brokers[b];
             if broker.up {
+                // Its reservations never complete; its tickets become holes.
                 broker.up = false;
                 broker.ops.clear();
                 broker.down_until = self.now + 1 + self.rng.below(20);
             }
         }
+    }
+
+    /// The leader dies: a new one takes over after a while, with the store but none of
+    /// the old leader's in-memory phase.
+    fn crash_controller(&mut self) {
+        self.ctrl.up = false;
+        self.ctrl.core = ControlCore::new(self.cfg.control_options());
+        self.ctrl.down_until = self.now + 1 + self.rng.below(40 * self.cfg.hop());
+        self.report.controller_crashes += 1;
     }
 
     /// Restarts whatever is down and due: switches at random, the others after their downtime.
@@ -558,22 +647,60 @@ impl Sim {
             }
         }
         if !self.ctrl.up && self.now >= self.ctrl.down_until {
-            // A new leader: the store survived, the in-memory phase did not. It watches the
-            // ring and reconfigures if the token does not show up.
+            // A new leader: reads the store and watches the ring (it reconfigures only if
+            // the token does not show up).
             self.ctrl.up = true;
-            self.ctrl.phase = Phase::Running {
-                last_progress: self.now,
-            };
+            let effects = self
+                .ctrl
+                .core
+                .become_leader(self.ctrl.store.clone(), self.clock());
+            self.controller_effects(effects);
         }
         for b in 0..self.brokers.len() {
             if !self.brokers[b].up && self.now >= self.brokers[b].down_until {
                 let client = self.rng.next_u64();
+                let opts = self.cfg.client_options();
                 let broker = &mut self.brokers[b];
                 broker.up = true;
-                broker.client = client;
-                broker.next_req = 1;
+                broker.incarnation += 1;
+                broker.fetching = false;
+                broker.core = client::Core::new(client, b as u64, 0, opts);
             }
         }
+    }
+
+    /// Scheduled resizes, through the controller's own planning; a resize that finds the
+    /// controller down is retried at the next step (the operator retries on 421).
+    fn operator(&mut self) {
+        let Some((at, ids)) = self.cfg.resizes.first().cloned() else {
+            return;
+        };
+        if self.now < at || !self.ctrl.up || self.ctrl.core.is_follower() {
+            return;
+        }
+        self.cfg.resizes.remove(0);
+        let specs: Vec<SwitchSpec> = ids
+            .iter()
+            .map(|&s| SwitchSpec {
+                switch_id: s as u16,
+                addr: Some(switch_addr(s)),
+            })
+            .collect();
+        let roster = match self.ctrl.core.plan_roster(&specs, &[]) {
+            Ok(r) => r,
+            Err(id) => {
+                self.checker
+                    .fail(format!("resize names unknown switch {id}"));
+                return;
+            }
+        };
+        self.ctrl.store.apply(&Command::SetRoster { roster });
+        self.report.resizes += 1;
+        let effects = self
+            .ctrl
+            .core
+            .on_roster_stored(self.ctrl.store.clone(), self.clock());
+        self.controller_effects(effects);
     }
 
     // ------------------------------------------------------------------ switches
@@ -633,24 +760,17 @@ impl Sim {
 
     // ------------------------------------------------------------------ brokers
 
-    fn rto(&self) -> u64 {
-        2 * (self.cfg.switches as u64 + 4) * self.cfg.hop() + 4
-    }
-
     fn broker_tick(&mut self, b: usize) {
         if !self.brokers[b].up {
             return;
         }
-        let room = self.brokers[b].ops.len() < self.cfg.max_outstanding;
+        let room = self.brokers[b].core.pending() < self.cfg.max_outstanding;
         if room && self.rng.chance(self.cfg.request_ppm) {
             self.start_op(b);
         }
-        let rto = self.rto();
-        for i in 0..self.brokers[b].ops.len() {
-            if self.now >= self.brokers[b].ops[i].last_send + rto {
-                self.retransmit(b, i);
-            }
-        }
+        let now = self.clock();
+        let actions = self.brokers[b].core.on_tick(now);
+        self.broker_actions(b, actions);
     }
 
     fn start_op(&mut self, b: usize) {
@@ -662,382 +782,138 @@ impl Sim {
             gsn: 0,
             count,
         });
-        let pending = PendingOp {
-            op,
-            count,
-            req_ids: Vec::new(),
-            epoch: 0,
-            switch: 0,
-            last_send: self.now,
-            sends: 0,
-            tickets: Vec::new(),
-        };
-        self.brokers[b].ops.push(pending);
-        let i = self.brokers[b].ops.len() - 1;
-        self.reissue(b, i);
+        let now = self.clock();
+        let (id, actions) = self.brokers[b].core.start(u64::from(count), now);
+        self.brokers[b].ops.insert(id, op);
+        self.broker_actions(b, actions);
     }
 
-    /// A new request (new req_id) in the current configuration, fetched from the store.
-    /// Tickets of earlier requests stay valid: whichever resolves first wins.
-    fn reissue(&mut self, b: usize, i: usize) {
-        let store = &self.ctrl.store;
-        if store.members.is_empty() {
-            return;
+    fn broker_actions(&mut self, b: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(to, msg) => self.send(broker_addr(b), to, msg),
+                Action::Done(id, result, kind) => self.broker_done(b, id, result, kind),
+                Action::FetchConfig => {
+                    let broker = &mut self.brokers[b];
+                    if !broker.fetching {
+                        broker.fetching = true;
+                        // A GET /ring: answered from the store as it is now (a follower
+                        // may be behind, and the answer arrives a network delay later).
+                        let at = self.now + 1 + self.rng.below(self.cfg.max_delay + 1);
+                        let cfg = self.ctrl.store.config.clone();
+                        let incarnation = self.brokers[b].incarnation;
+                        self.net
+                            .fetches
+                            .entry(at)
+                            .or_default()
+                            .push((b, incarnation, cfg));
+                    }
+                }
+            }
         }
-        let switch = store.members[b % store.members.len()].0;
-        let epoch = store.epoch;
+    }
+
+    fn broker_done(&mut self, b: usize, id: u64, result: Result<u64, String>, kind: DoneKind) {
+        let Some(op) = self.brokers[b].ops.remove(&id) else {
+            self.checker.fail(format!(
+                "broker {b}: completion of unknown reservation {id}"
+            ));
+            return;
+        };
+        match (result, kind) {
+            (Ok(gsn), DoneKind::Ok) => {
+                let count = self.ops[op].count;
+                self.checker.complete(op, gsn, count);
+                let rec = &mut self.ops[op];
+                rec.end = Some(self.now);
+                rec.gsn = gsn;
+                if !self.ctrl.up {
+                    self.report.completed_while_controller_down += 1;
+                }
+            }
+            (Err(_), DoneKind::Unavailable) => self.report.failed += 1,
+            (r, k) => self
+                .checker
+                .fail(format!("broker {b} reservation {op}: {k:?} {r:?}")),
+        }
+    }
+
+    fn broker_config(&mut self, b: usize, incarnation: u64, cfg: Option<RingConfig>) {
+        let now = self.clock();
         let broker = &mut self.brokers[b];
-        let req_id = broker.next_req;
-        broker.next_req += 1;
-        let op = &mut broker.ops[i];
-        op.req_ids.push(req_id);
-        op.epoch = epoch;
-        op.switch = switch;
-        op.sends = 0;
-        self.send_request(b, i);
-    }
-
-    fn send_request(&mut self, b: usize, i: usize) {
-        let client = self.brokers[b].client;
-        let op = &mut self.brokers[b].ops[i];
-        op.last_send = self.now;
-        op.sends += 1;
-        let Some(&req_id) = op.req_ids.last() else {
+        if !broker.up || broker.incarnation != incarnation {
+            return;
+        }
+        broker.fetching = false;
+        let Some(cfg) = cfg else {
             return;
         };
-        let req = Request {
-            epoch: op.epoch,
-            count: op.count,
-            client,
-            req_id,
-        };
-        let to = switch_addr(op.switch);
-        self.send(broker_addr(b), to, Message::Request(req));
-    }
-
-    fn retransmit(&mut self, b: usize, i: usize) {
-        let op = &self.brokers[b].ops[i];
-        let stale = op.req_ids.is_empty() || (op.sends >= 3 && self.ctrl.store.epoch != op.epoch);
-        if stale {
-            self.reissue(b, i);
-        } else {
-            self.send_request(b, i);
-        }
+        let actions = broker.core.on_config(cfg, now);
+        self.broker_actions(b, actions);
     }
 
     fn broker_receive(&mut self, b: usize, msg: Message) {
         if !self.brokers[b].up {
             return;
         }
-        let client = self.brokers[b].client;
-        match msg {
-            Message::Ticket(t) if t.client == client => {
-                let held = HeldTicket {
-                    epoch: t.epoch,
-                    switch_id: t.switch_id,
-                    visit: t.visit,
-                    local_off: t.local_off,
-                };
-                if let Some(op) = self.brokers[b]
-                    .ops
-                    .iter_mut()
-                    .find(|o| o.req_ids.contains(&t.req_id))
-                {
-                    if !op
-                        .tickets
-                        .iter()
-                        .any(|h| h.epoch == held.epoch && h.local_off == held.local_off)
-                    {
-                        op.tickets.push(held);
-                    }
-                }
-            }
-            Message::Grant(g) if g.client == client => {
-                if let Some(i) = self.brokers[b]
-                    .ops
-                    .iter()
-                    .position(|o| o.req_ids.contains(&g.req_id))
-                {
-                    self.complete(b, i, g.gsn);
-                }
-            }
-            Message::Announce(a) => self.resolve_announce(b, &a),
-            Message::Reject(r) if r.client == client => self.on_reject(b, r.req_id, r.reason),
-            _ => {}
-        }
-    }
-
-    fn resolve_announce(&mut self, b: usize, a: &Announce) {
-        let found = self.brokers[b].ops.iter().enumerate().find_map(|(i, op)| {
-            op.tickets
-                .iter()
-                .find(|t| t.epoch == a.epoch && t.switch_id == a.switch_id && t.visit == a.visit)
-                .map(|t| (i, a.base + (t.local_off - a.local_lo)))
-        });
-        if let Some((i, gsn)) = found {
-            self.complete(b, i, gsn);
-        }
-    }
-
-    fn on_reject(&mut self, b: usize, req_id: u64, reason: u8) {
-        let Some(i) = self.brokers[b]
-            .ops
-            .iter()
-            .position(|o| o.req_ids.last() == Some(&req_id))
-        else {
-            return;
-        };
-        match RejectReason::from_u8(reason) {
-            Some(RejectReason::Expired) => self.reissue(b, i),
-            Some(RejectReason::NotInstalled | RejectReason::WrongEpoch | RejectReason::Sealed) => {
-                if self.ctrl.store.epoch != self.brokers[b].ops[i].epoch {
-                    self.reissue(b, i);
-                }
-            }
-            Some(RejectReason::Busy) => {}
-            other => self
-                .checker
-                .fail(format!("broker {b} request {req_id} rejected: {other:?}")),
-        }
-    }
-
-    fn complete(&mut self, b: usize, i: usize, gsn: u64) {
-        let op = self.brokers[b].ops.swap_remove(i);
-        self.checker.complete(op.op, gsn, op.count);
-        let rec = &mut self.ops[op.op];
-        rec.end = Some(self.now);
-        rec.gsn = gsn;
-        if !self.ctrl.up {
-            self.report.completed_while_controller_down += 1;
-        }
+        let now = self.clock();
+        let actions = self.brokers[b].core.on_packet(&msg, now);
+        self.broker_actions(b, actions);
     }
 
     // ------------------------------------------------------------------ controller
-
-    fn retry_interval(&self) -> u64 {
-        2 * self.cfg.hop() + 2
-    }
-
-    fn give_up_after(&self) -> u64 {
-        25 * self.retry_interval()
-    }
 
     fn controller_tick(&mut self) {
         if !self.ctrl.up {
             return;
         }
-        let (now, retry) = (self.now, self.retry_interval());
-        let progress_timeout = 12 * (1 << REPORT_SHIFT) * self.cfg.hop() + 20;
-        match &self.ctrl.phase {
-            Phase::Running { last_progress } if now > last_progress + progress_timeout => {
-                self.start_reconfig()
-            }
-            Phase::Sealing {
-                started, last_send, ..
-            } => {
-                let ready = self.seal_complete(now >= started + self.give_up_after());
-                if ready {
-                    self.choose_and_store_next_epoch();
-                } else if now >= last_send + retry {
-                    self.controller_send_seals();
-                }
-            }
-            Phase::Installing {
-                started, last_send, ..
-            } => {
-                if now >= started + self.give_up_after() {
-                    self.start_reconfig();
-                } else if now >= last_send + retry {
-                    self.controller_send_installs();
-                }
-            }
-            Phase::Injecting { started, last_send } => {
-                if now >= started + self.give_up_after() {
-                    self.start_reconfig();
-                } else if now >= last_send + retry {
-                    self.controller_send_inject();
-                }
-            }
-            Phase::Running { .. } => {}
-        }
+        let effects = self.ctrl.core.on_tick(self.clock());
+        self.controller_effects(effects);
     }
 
-    fn start_reconfig(&mut self) {
-        self.ctrl.phase = Phase::Sealing {
-            started: self.now,
-            last_send: self.now,
-            acks: vec![None; self.switches.len()],
-        };
-        self.controller_send_seals();
-    }
-
-    /// Seals go to every switch (members, and candidates for the next ring).
-    fn controller_send_seals(&mut self) {
-        if let Phase::Sealing { last_send, .. } = &mut self.ctrl.phase {
-            *last_send = self.now;
-        }
-        let epoch = self.ctrl.store.epoch;
-        for s in 0..self.switches.len() {
-            self.send(CTRL_ADDR, switch_addr(s), Message::Seal(Seal { epoch }));
-        }
-    }
-
-    /// Done when every switch has acknowledged, or, after the give-up time, when at least
-    /// one has (the silent ones are presumed dead; see PROTOCOL.md on what that assumes).
-    fn seal_complete(&self, give_up: bool) -> bool {
-        let Phase::Sealing { acks, .. } = &self.ctrl.phase else {
-            return false;
-        };
-        let acked = acks.iter().filter(|a| a.is_some()).count();
-        acked == acks.len() || (give_up && acked > 0)
-    }
-
-    /// The restart point: above everything the sealed epoch can have issued (PROTOCOL.md,
-    /// "Choosing the restart point").
-    fn choose_and_store_next_epoch(&mut self) {
-        let Phase::Sealing { acks, .. } = &self.ctrl.phase else {
-            return;
-        };
-        let store = &self.ctrl.store;
-        let restart = restart_point(store, acks, self.cfg.max_visit);
-        let members: Vec<(usize, u64)> = acks
-            .iter()
-            .enumerate()
-            .filter_map(|(s, a)| a.map(|st| (s, st.boot)))
-            .collect();
-        let next = Store {
-            epoch: store.epoch + 1,
-            base: restart,
-            limit: restart.saturating_add(self.cfg.epoch_span),
-            members,
-        };
-        self.ctrl.store = next;
-        let n = self.ctrl.store.members.len();
-        self.ctrl.phase = Phase::Installing {
-            started: self.now,
-            last_send: self.now,
-            acked: vec![false; n],
-        };
-        self.controller_send_installs();
-    }
-
-    fn controller_send_installs(&mut self) {
-        let Phase::Installing {
-            last_send, acked, ..
-        } = &mut self.ctrl.phase
-        else {
-            return;
-        };
-        *last_send = self.now;
-        let acked = acked.clone();
-        let store = self.ctrl.store.clone();
-        let n = store.members.len();
-        let head = store.epoch as usize % n;
-        for (k, &(s, boot)) in store.members.iter().enumerate() {
-            if acked[k] {
-                continue;
-            }
-            let mut install = Install {
-                epoch: store.epoch,
-                switch_id: s as u16,
-                flags: if k == head { install_flags::HEAD } else { 0 },
-                report_shift: REPORT_SHIFT,
-                max_visit: self.cfg.max_visit,
-                boot,
-                base: store.base,
-                limit: store.limit,
-                ..Install::default()
-            };
-            install.set_successor(switch_addr(store.members[(k + 1) % n].0));
-            self.send(CTRL_ADDR, switch_addr(s), Message::Install(install));
-        }
-    }
-
-    fn controller_send_inject(&mut self) {
-        if let Phase::Injecting { last_send, .. } = &mut self.ctrl.phase {
-            *last_send = self.now;
-        }
-        let store = &self.ctrl.store;
-        let head = store.members[store.epoch as usize % store.members.len()].0;
-        let epoch = store.epoch;
-        self.send(
-            CTRL_ADDR,
-            switch_addr(head),
-            Message::Inject(Inject { epoch }),
-        );
-    }
-
-    fn controller_receive(&mut self, msg: Message) {
+    fn controller_receive(&mut self, from: SocketAddrV4, msg: Message) {
         if !self.ctrl.up {
             return;
         }
-        match msg {
-            Message::Status(st) => self.controller_status(st),
-            Message::Alarm(a) => self.controller_alarm(a.kind, a.epoch),
-            _ => {}
-        }
+        let effects = self.ctrl.core.on_packet(from, &msg, self.clock());
+        self.controller_effects(effects);
     }
 
-    fn controller_alarm(&mut self, kind: u8, epoch: u32) {
-        if epoch != self.ctrl.store.epoch {
-            return;
-        }
-        match (AlarmKind::from_u8(kind), &mut self.ctrl.phase) {
-            (Some(AlarmKind::Progress), Phase::Running { last_progress }) => {
-                *last_progress = self.now
-            }
-            (Some(AlarmKind::Progress), Phase::Injecting { .. }) => {
-                self.ctrl.phase = Phase::Running {
-                    last_progress: self.now,
-                };
-            }
-            (
-                Some(AlarmKind::TokenDropped | AlarmKind::Exhausted),
-                Phase::Running { .. } | Phase::Injecting { .. },
-            ) => {
-                self.start_reconfig();
-            }
-            _ => {}
-        }
-    }
-
-    fn controller_status(&mut self, st: Status) {
-        let epoch = self.ctrl.store.epoch;
-        let s = st.switch_id as usize;
-        let member = self.ctrl.store.members.iter().position(|(m, _)| *m == s);
-        let restarted = member.is_some_and(|k| self.ctrl.store.members[k].1 != st.boot);
-        match &mut self.ctrl.phase {
-            Phase::Sealing { acks, .. } if st.seal_floor >= epoch && s < acks.len() => {
-                acks[s] = Some(st);
-            }
-            Phase::Installing { acked, .. } => {
-                if restarted {
-                    self.start_reconfig();
-                } else if let Some(k) = member.filter(|_| st.epoch == epoch) {
-                    acked[k] = true;
-                    if acked.iter().all(|a| *a) {
-                        self.ctrl.phase = Phase::Injecting {
-                            started: self.now,
-                            last_send: self.now,
-                        };
-                        self.controller_send_inject();
+    /// Carries out the controller's effects. A store write is applied at once; when
+    /// controller crashes are enabled, one write in ten kills the controller right after
+    /// it was applied, before it learns the outcome (the failover must cope).
+    fn controller_effects(&mut self, mut effects: Vec<Effect>) {
+        while !effects.is_empty() {
+            let mut next = Vec::new();
+            for e in effects {
+                if !self.ctrl.up {
+                    return;
+                }
+                match e {
+                    Effect::Send(to, msg) => self.send(CTRL_ADDR, to, msg),
+                    Effect::Store {
+                        expected_epoch,
+                        config,
+                    } => {
+                        let won = self.ctrl.store.apply(&Command::Install {
+                            expected_epoch,
+                            config,
+                        });
+                        if self.cfg.controller_crash_ppm > 0 && self.rng.below(10) == 0 {
+                            self.crash_controller();
+                            return;
+                        }
+                        next.extend(self.ctrl.core.on_stored(
+                            won,
+                            self.ctrl.store.clone(),
+                            self.clock(),
+                        ));
                     }
                 }
             }
-            Phase::Running { .. } | Phase::Injecting { .. } if restarted => self.start_reconfig(),
-            _ => {}
+            effects = next;
         }
     }
-}
-
-/// Above every number epoch `store.epoch` can have issued: the shared formula
-/// ([`crate::config::restart_point`]) over this store's members and the seal acks.
-pub fn restart_point(store: &Store, acks: &[Option<Status>], max_visit: u32) -> u64 {
-    let members = store
-        .members
-        .iter()
-        .map(|&(s, boot)| (boot, acks.get(s).and_then(Option::as_ref)));
-    crate::config::restart_point(store.epoch, store.base, store.limit, max_visit, members)
 }
 
 /// Runs one seed; `Err` names the seed and the first violations.
@@ -1077,6 +953,8 @@ mod tests {
             totals.controller_crashes += report.controller_crashes;
             totals.completed_while_controller_down += report.completed_while_controller_down;
             totals.numbers_issued += report.numbers_issued;
+            totals.failed += report.failed;
+            totals.resizes += report.resizes;
         }
         eprintln!("{} seeds: {totals:?}", seeds());
         // The faults must actually have happened, and the ring must still have made progress.
@@ -1090,6 +968,37 @@ mod tests {
             "too little progress: {totals:?}"
         );
         assert!(totals.completed_while_controller_down > 0);
+        assert!(totals.resizes > 0, "some seeds resize the ring");
+    }
+
+    /// Issue 3's live resize, 2 → 4 → 3 switches, while brokers keep reserving: with the
+    /// seed's faults (guarantees only) and without (the ring ends with the three switches
+    /// and every reservation completes).
+    #[test]
+    fn resize_2_4_3_under_load() {
+        let n = (seeds() / 10).max(1);
+        for seed in 0..n {
+            run_seed(SimConfig::resize_2_4_3(seed, false)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for seed in 0..20 {
+            let report =
+                run_seed(SimConfig::resize_2_4_3(seed, true)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(report.resizes, 2, "seed {seed}: {report:?}");
+            assert_eq!(
+                report.final_members,
+                vec![0, 1, 3],
+                "seed {seed}: {report:?}"
+            );
+            // Epoch 1 (two switches), one per resize.
+            assert_eq!(report.epochs, 3, "seed {seed}: {report:?}");
+            assert_eq!(report.failed, 0, "seed {seed}: {report:?}");
+            assert_eq!(
+                report.completed + report.outstanding_at_end,
+                report.started,
+                "seed {seed}: {report:?}"
+            );
+            assert!(report.started > 100, "seed {seed}: {report:?}");
+        }
     }
 
     #[test]
@@ -1097,6 +1006,7 @@ mod tests {
         for seed in 0..20 {
             let report = run_seed(SimConfig::calm(seed)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(report.epochs, 1, "seed {seed}: {report:?}");
+            assert_eq!(report.failed, 0, "seed {seed}: {report:?}");
             assert!(report.started > 30, "seed {seed}: {report:?}");
             // Requests still in flight at the end started within the last round trips.
             assert!(
@@ -1188,34 +1098,48 @@ mod tests {
 
     #[test]
     fn restart_point_covers_silent_members() {
-        let store = Store {
+        use crate::config::RingMember;
+        use crate::control::restart_point_of;
+        use crate::wire::Status;
+        let cfg = RingConfig {
             epoch: 3,
             base: 1000,
             limit: 1_000_000,
-            members: vec![(0, 11), (1, 22), (2, 33)],
+            max_visit: 50,
+            members: [(0u16, 11u64), (1, 22), (2, 33)]
+                .iter()
+                .map(|&(switch_id, boot)| RingMember {
+                    switch_id,
+                    addr: switch_addr(switch_id.into()),
+                    boot,
+                })
+                .collect(),
+            head: 0,
         };
-        let st = |boot, fwd_base| {
-            Some(Status {
-                boot,
-                epoch: 3,
-                seal_floor: 3,
-                fwd_base,
-                ..Status::default()
-            })
+        let st = |boot, fwd_base| Status {
+            boot,
+            epoch: 3,
+            seal_floor: 3,
+            fwd_base,
+            ..Status::default()
         };
+        let reports = |r: &[(u16, Status)]| r.iter().copied().collect::<BTreeMap<u16, Status>>();
         // All report: the highest forwarded base.
         assert_eq!(
-            restart_point(&store, &[st(11, 1500), st(22, 1600), st(33, 1400)], 50),
+            restart_point_of(
+                &cfg,
+                &reports(&[(0, st(11, 1500)), (1, st(22, 1600)), (2, st(33, 1400))])
+            ),
             1600
         );
         // Switch 2 restarted (new boot), switch 1 silent: two visits of at most W each.
         assert_eq!(
-            restart_point(&store, &[st(11, 1500), None, st(99, 0)], 50),
+            restart_point_of(&cfg, &reports(&[(0, st(11, 1500)), (2, st(99, 0))])),
             1600
         );
         // Nobody from the installed incarnations: only the limit is safe.
         assert_eq!(
-            restart_point(&store, &[None, st(23, 0), None], 50),
+            restart_point_of(&cfg, &reports(&[(1, st(23, 0))])),
             1_000_000
         );
     }

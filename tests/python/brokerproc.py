@@ -87,14 +87,17 @@ class BrokerProcess:
     # ---- construction -------------------------------------------------
     @classmethod
     def start(cls, binary: Path, data_dir: Path, log_path: Path | None = None,
-              env: dict[str, str] | None = None, **extra_args) -> "BrokerProcess":
+              env: dict[str, str] | None = None, ports: tuple[int, int] | None = None,
+              **extra_args) -> "BrokerProcess":
         """extra_args become `--flag value` (underscores -> dashes, bools ->
-        true/false); env is added to the broker's environment."""
+        true/false); env is added to the broker's environment. `ports` (Kafka,
+        metrics) lets a caller that allocates several brokers' ports at once
+        keep them distinct; by default two free ports are picked."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         if log_path is None:
             log_path = data_dir.parent / (data_dir.name + ".stderr.log")
-        port, metrics_port = free_ports(2)
+        port, metrics_port = ports if ports is not None else free_ports(2)
         b = cls(binary, data_dir, Path(log_path), port, metrics_port, extra_args, env)
         b._spawn()
         return b
@@ -104,9 +107,10 @@ class BrokerProcess:
         return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [
-            str(self.binary),
-            "--node-id", "1",
+        args = [str(self.binary)]
+        if "node_id" not in self.extra_args:
+            args += ["--node-id", "1"]
+        args += [
             "--listen", f"127.0.0.1:{self.port}",
             "--advertised-host", "127.0.0.1",
             "--data-dir", str(self.data_dir),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -13,22 +13,20 @@ pub async fn handle(
     _version: i16,
 ) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
-    let me = broker.config.broker_id();
     for t in req.topics {
         let name = t.name.as_str().to_string();
-        let bad_assignment = t
-            .assignments
-            .iter()
-            .flatten()
-            .any(|a| a.broker_ids.len() != 1 || a.broker_ids.iter().any(|b| b.0 != me));
-        let outcome = if bad_assignment {
-            Err(BrokerError::InvalidReplicationFactor(format!(
-                "new partitions can only be assigned to broker {me}, the only broker"
-            )))
-        } else if req.validate_only {
-            broker.check_new_partition_count(&name, t.count).map(|_| ())
+        let assignment: Option<Vec<Vec<i32>>> = t.assignments.as_ref().map(|list| {
+            list.iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
+        let outcome = if req.validate_only {
+            broker
+                .check_new_partition_count(&name, t.count)
+                .and_then(|record| broker.place_new_partitions(&record, t.count, assignment))
+                .map(|_| ())
         } else {
-            broker.add_partitions(&name, t.count).await
+            broker.add_partitions(&name, t.count, assignment).await
         };
         let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         if let Err(e) = outcome {

@@ -30,11 +30,6 @@ pub async fn handle(
         } else {
             t.num_partitions
         };
-        let rf = if t.replication_factor == -1 {
-            1
-        } else {
-            t.replication_factor
-        };
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
         let configs: BTreeMap<String, String> = t
             .configs
@@ -45,30 +40,50 @@ pub async fn handle(
                     .map(|v| (c.name.as_str().to_string(), v.as_str().to_string()))
             })
             .collect();
-        let checked = if !t.assignments.is_empty() {
-            check_assignments(broker, &t.assignments, &name, rf, &configs).map(|n| (n, configs))
-        } else {
-            broker
+        // Explicit assignments fix the partition count and replication factor.
+        let assignment = (!t.assignments.is_empty()).then(|| assignments(&t.assignments));
+        let (partitions, rf) = match &assignment {
+            Some(Ok(a)) => (
+                i32::try_from(a.len()).unwrap_or(i32::MAX),
+                a.first()
+                    .map_or(-1, |r| i16::try_from(r.len()).unwrap_or(i16::MAX)),
+            ),
+            _ => (partitions, t.replication_factor),
+        };
+        let checked = match assignment {
+            Some(Err(e)) => Err(e),
+            other => broker
                 .check_new_topic(&name, partitions, rf, &configs)
-                .map(|()| (partitions, configs))
+                .map(|()| other.and_then(Result::ok)),
         };
         let outcome = match checked {
             Err(e) => Err(e),
             Ok(_) if req.validate_only => Ok(None),
-            Ok((n, configs)) => broker.create_topic(&name, n, configs).await.map(Some),
+            Ok(assignment) => broker
+                .create_topic(&name, partitions, rf, configs, assignment)
+                .await
+                .map(Some),
         };
         match outcome {
             Ok(created) => {
-                let (n, topic_configs, id) = match &created {
+                let (n, topic_configs, id, replicas) = match &created {
                     Some(topic) => (
                         topic.record.partitions,
                         topic.record.configs.clone(),
                         topic.record.id,
+                        topic.record.replicas.first().map_or(1, Vec::len),
                     ),
-                    None => (partitions, BTreeMap::new(), [0u8; 16]),
+                    None => (
+                        partitions,
+                        BTreeMap::new(),
+                        [0u8; 16],
+                        broker.replication_factor(rf, &broker.cluster.state()) as usize,
+                    ),
                 };
                 if version >= 5 {
-                    result = result.with_num_partitions(n).with_replication_factor(1);
+                    result = result
+                        .with_num_partitions(n)
+                        .with_replication_factor(i16::try_from(replicas).unwrap_or(i16::MAX));
                     result.configs = Some(describe(broker, &topic_configs));
                 }
                 if version >= 7 {
@@ -89,33 +104,22 @@ pub async fn handle(
     resp
 }
 
-fn check_assignments(
-    broker: &Broker,
-    assignments: &[kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment],
-    name: &str,
-    rf: i16,
-    configs: &BTreeMap<String, String>,
-) -> Result<i32, BrokerError> {
-    let me = broker.config.broker_id();
-    for (i, a) in assignments.iter().enumerate() {
-        if a.partition_index != i as i32 {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "replica assignments must list partitions 0..n in order; found partition {} at position {i}",
-                a.partition_index
-            )));
-        }
-        if a.broker_ids.iter().any(|b| b.0 != me) || a.broker_ids.len() != 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "partition {} is assigned to brokers {:?}; this cluster has only broker {me}",
-                a.partition_index,
-                a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>()
-            )));
-        }
-    }
-    let n = i32::try_from(assignments.len()).unwrap_or(i32::MAX);
-    let rf = if rf == -1 { 1 } else { rf };
-    broker.check_new_topic(name, n, rf, configs)?;
-    Ok(n)
+/// Operator-given replica lists, which must name partitions 0..n in order.
+fn assignments(
+    list: &[kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment],
+) -> Result<Vec<Vec<i32>>, BrokerError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if a.partition_index != i as i32 {
+                return Err(BrokerError::InvalidPartitions(format!(
+                    "replica assignments must list partitions 0..n in order; found partition {} at position {i}",
+                    a.partition_index
+                )));
+            }
+            Ok(a.broker_ids.iter().map(|b| b.0).collect())
+        })
+        .collect()
 }
 
 pub fn error_code(e: &BrokerError) -> i16 {
@@ -129,6 +133,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::Meta(_) | BrokerError::Partition(_) | BrokerError::Io(_) => {
             ResponseError::KafkaStorageError.code()
         }
+        BrokerError::Cluster(_) | BrokerError::Timeout => ResponseError::RequestTimedOut.code(),
     }
 }
 

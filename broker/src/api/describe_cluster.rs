@@ -1,4 +1,4 @@
-//! DescribeCluster: this broker is the whole cluster and its controller.
+//! DescribeCluster: the registered brokers and the metadata leader (the controller).
 
 use std::sync::Arc;
 
@@ -17,19 +17,29 @@ pub async fn handle(
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let c = &broker.config;
+    let controller = broker
+        .cluster
+        .controller()
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(-1);
     let mut resp = DescribeClusterResponse::default()
-        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(c.broker_id()))
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id()))
+        .with_controller_id(BrokerId(controller))
         .with_cluster_authorized_operations(i32::MIN);
     if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
         return resp
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(super::message("only broker endpoints are described"));
     }
-    resp.brokers = vec![DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(c.broker_id()))
-        .with_host(StrBytes::from_string(c.advertised_host.clone()))
-        .with_port(i32::from(c.advertised_port))];
+    resp.brokers = broker
+        .advertised_brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
     resp
 }

@@ -123,8 +123,9 @@ fn read_partition(
     let Some(topic) = topic else {
         return empty.with_error_code(unknown.code());
     };
-    let Some(partition) = topic.partition(index) else {
-        return empty.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+    let partition = match topic.local(index) {
+        Ok(p) => p,
+        Err(e) => return empty.with_error_code(e.code()),
     };
     if !partition.is_leader() {
         return empty.with_error_code(ResponseError::NotLeaderOrFollower.code());

@@ -33,12 +33,16 @@ pub async fn handle(
                 .with_timestamp(-1)
                 .with_offset(-1)
                 .with_leader_epoch(-1);
-            let result = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
-                None => base.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(part) if !part.is_leader() => {
+            let local = topic
+                .as_ref()
+                .ok_or(ResponseError::UnknownTopicOrPartition)
+                .and_then(|t| t.local(p.partition_index));
+            let result = match local {
+                Err(e) => base.with_error_code(e.code()),
+                Ok(part) if !part.is_leader() => {
                     base.with_error_code(ResponseError::NotLeaderOrFollower.code())
                 }
-                Some(part) => match lookup(part, p.timestamp) {
+                Ok(part) => match lookup(part, p.timestamp) {
                     Ok((offset, timestamp)) => {
                         let found = base.with_offset(offset).with_timestamp(timestamp);
                         // leader_epoch exists from v4 on; older versions must keep the default.

@@ -14,18 +14,29 @@ use crate::broker::{Broker, BrokerError, Topic};
 
 pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let c = &broker.config;
-    let me = BrokerId(c.broker_id());
     // Fields a version lacks must keep their defaults, or encoding fails.
-    let mut resp =
-        MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(me)
-            .with_host(StrBytes::from_string(c.advertised_host.clone()))
-            .with_port(i32::from(c.advertised_port))]);
+    let brokers = broker
+        .advertised_brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    let mut resp = MetadataResponse::default().with_brokers(brokers);
     if version >= 1 {
-        resp.controller_id = me;
+        resp.controller_id = BrokerId(
+            broker
+                .cluster
+                .controller()
+                .and_then(|id| i32::try_from(id).ok())
+                .unwrap_or(-1),
+        );
     }
     if version >= 2 {
-        resp.cluster_id = Some(StrBytes::from_string(broker.cluster_id.clone()));
+        resp.cluster_id = Some(StrBytes::from_string(broker.cluster_id()));
     }
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let wanted = match req.topics {
@@ -37,7 +48,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         resp.topics = broker
             .topics()
             .iter()
-            .map(|t| describe(t, version))
+            .map(|t| describe(broker, t, version))
             .collect();
         return resp;
     };
@@ -47,7 +58,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         let entry = match (&t.name, t.topic_id.is_nil()) {
             (Some(name), _) => by_name(broker, name, allow_create, version).await,
             (None, false) => match broker.topic_by_id(t.topic_id.as_bytes()) {
-                Some(topic) => describe(&topic, version),
+                Some(topic) => describe(broker, &topic, version),
                 None => error_topic(None, t.topic_id, ResponseError::UnknownTopicId),
             },
             (None, true) => error_topic(None, t.topic_id, ResponseError::InvalidRequest),
@@ -65,7 +76,7 @@ async fn by_name(
     version: i16,
 ) -> MetadataResponseTopic {
     if let Some(topic) = broker.topic(name.as_str()) {
-        return describe(&topic, version);
+        return describe(broker, &topic, version);
     }
     if !allow_create {
         return error_topic(
@@ -81,7 +92,7 @@ async fn by_name(
             None => false,
         };
         return match broker.topic(name.as_str()).filter(|_| created) {
-            Some(topic) => describe(&topic, version),
+            Some(topic) => describe(broker, &topic, version),
             None => error_topic(
                 Some(name.clone()),
                 uuid::Uuid::nil(),
@@ -91,13 +102,13 @@ async fn by_name(
     }
     let partitions = broker.config.num_partitions;
     match broker
-        .create_topic(name.as_str(), partitions, BTreeMap::new())
+        .create_topic(name.as_str(), partitions, -1, BTreeMap::new(), None)
         .await
     {
-        Ok(topic) => describe(&topic, version),
+        Ok(topic) => describe(broker, &topic, version),
         // Another request created it first.
         Err(BrokerError::TopicExists(_)) => match broker.topic(name.as_str()) {
-            Some(topic) => describe(&topic, version),
+            Some(topic) => describe(broker, &topic, version),
             None => error_topic(
                 Some(name.clone()),
                 uuid::Uuid::nil(),
@@ -131,25 +142,27 @@ fn error_topic(
         .with_error_code(error.code())
 }
 
-/// A topic's metadata: this broker leads every partition (single voter).
-pub fn describe(topic: &Topic, version: i16) -> MetadataResponseTopic {
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
-            let (leader, error) = if p.is_leader() {
-                (BrokerId(p.node_id()), 0)
+/// A topic's metadata: replicas from the assignment, leader/epoch/ISR as this broker knows
+/// them (see `Broker::leader_view`).
+pub fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
+    let me = broker.config.broker_id();
+    let partitions = (0..topic.record.partitions)
+        .map(|index| {
+            let view = broker.leader_view(topic, index);
+            let error = if view.leader < 0 {
+                ResponseError::LeaderNotAvailable.code()
             } else {
-                (BrokerId(-1), ResponseError::LeaderNotAvailable.code())
+                0
             };
+            let ids = |list: Vec<i32>| list.into_iter().map(BrokerId).collect::<Vec<_>>();
             let out = MetadataResponsePartition::default()
-                .with_partition_index(p.index)
+                .with_partition_index(index)
                 .with_error_code(error)
-                .with_leader_id(leader)
-                .with_replica_nodes(vec![BrokerId(p.node_id())])
-                .with_isr_nodes(vec![BrokerId(p.node_id())]);
+                .with_leader_id(BrokerId(view.leader))
+                .with_replica_nodes(ids(topic.replicas(index, me)))
+                .with_isr_nodes(ids(view.isr));
             if version >= 7 {
-                out.with_leader_epoch(p.leader_epoch())
+                out.with_leader_epoch(view.epoch)
             } else {
                 out
             }

@@ -76,6 +76,7 @@ pub type Reply = JoinHandle<Result<Option<BytesMut>, FrameError>>;
 /// connection take effect in the order they were sent. The rest runs on its own task.
 pub async fn start(
     broker: &Arc<Broker>,
+    listener: &'static str,
     header: RequestHeader,
     api: ApiKey,
     mut body: Bytes,
@@ -87,13 +88,13 @@ pub async fn start(
     macro_rules! serve {
         ($module:ident) => {{
             let request = decode_body(&mut body, version)?;
-            tokio::spawn(async move {
+            tokio::spawn(crate::broker::LISTENER.scope(listener, async move {
                 let response = $module::handle(&b, request, version).await;
                 let out =
                     encode_response(api, version, cid, &response).map_err(FrameError::BadHeader)?;
                 observe(&b, api, started);
                 Ok(Some(out))
-            })
+            }))
         }};
     }
     // Handlers that also need to know the client (group membership).

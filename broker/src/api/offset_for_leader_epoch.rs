@@ -24,12 +24,16 @@ pub async fn handle(
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
-            let result = match topic.as_ref().and_then(|tp| tp.partition(p.partition)) {
-                None => base.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(part) if !part.is_leader() => {
+            let local = topic
+                .as_ref()
+                .ok_or(ResponseError::UnknownTopicOrPartition)
+                .and_then(|tp| tp.local(p.partition));
+            let result = match local {
+                Err(e) => base.with_error_code(e.code()),
+                Ok(part) if !part.is_leader() => {
                     base.with_error_code(ResponseError::NotLeaderOrFollower.code())
                 }
-                Some(part) => {
+                Ok(part) => {
                     let current = part.leader_epoch();
                     if p.current_leader_epoch > current {
                         base.with_error_code(ResponseError::UnknownLeaderEpoch.code())

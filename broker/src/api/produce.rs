@@ -139,9 +139,7 @@ async fn queue(
     records: Option<Bytes>,
     acks: Acks,
 ) -> Pending {
-    let partition = topic
-        .partition(index)
-        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let partition = topic.local(index).map_err(|e| e.code())?;
     if topic.record.name == crate::group::OFFSETS_TOPIC {
         // Only the group coordinator writes there (Kafka: "Cannot append to internal topic").
         return Err(ResponseError::InvalidTopicException.code());
@@ -166,6 +164,9 @@ async fn queue(
     })?;
     let count =
         u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
+    if acks == Acks::All && partition.in_sync_count() < min_insync_replicas(broker, topic) {
+        return Err(ResponseError::NotEnoughReplicas.code());
+    }
     let name = topic.record.name.as_str();
     broker
         .metrics
@@ -183,6 +184,16 @@ async fn queue(
         .enqueue(owned, count, acks)
         .await
         .map_err(append_error_code)
+}
+
+/// The topic's min.insync.replicas, else the broker's.
+fn min_insync_replicas(broker: &Broker, topic: &Topic) -> usize {
+    topic
+        .record
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(broker.config.min_insync_replicas as usize)
 }
 
 fn batch_error_code(e: &BatchError) -> i16 {

@@ -57,11 +57,12 @@ impl OffsetsTopic for BrokerOffsetsTopic {
                 .broker
                 .upgrade()
                 .ok_or_else(|| "broker is shutting down".to_string())?;
-            // The single-broker build has one replica per partition; the replicated build
-            // passes `broker.config.groups.offsets_replication_factor` (capped at the
-            // number of brokers) here.
+            // offsets.topic.replication.factor, capped at the number of brokers.
+            let brokers =
+                i16::try_from(broker.cluster.state().brokers.len().max(1)).unwrap_or(i16::MAX);
+            let rf = broker.config.groups.offsets_replication_factor.min(brokers);
             match broker
-                .create_topic(OFFSETS_TOPIC, self.partitions, topic_configs())
+                .create_topic(OFFSETS_TOPIC, self.partitions, rf, topic_configs(), None)
                 .await
             {
                 Ok(topic) => {
@@ -92,18 +93,20 @@ impl OffsetsTopic for BrokerOffsetsTopic {
     }
 }
 
-/// (broker id, host, port) of the coordinator for offsets partition `p`: its leader.
-/// `None` while the partition has no leader this broker knows of.
+/// (broker id, host, port) of the coordinator for offsets partition `p`: its leader, at the
+/// address of the listener the request came in on. `None` while the partition has no
+/// leader this broker knows of.
 pub fn coordinator_address(broker: &Broker, p: i32) -> Option<(i32, String, i32)> {
     let topic = broker.topic(OFFSETS_TOPIC)?;
-    let partition = topic.partition(p)?;
-    partition.is_leader().then(|| {
-        (
-            broker.config.broker_id(),
-            broker.config.advertised_host.clone(),
-            i32::from(broker.config.advertised_port),
-        )
-    })
+    let leader = broker.leader_view(&topic, p).leader;
+    if leader < 0 {
+        return None;
+    }
+    broker
+        .advertised_brokers()
+        .into_iter()
+        .find(|(id, _, _)| *id == leader)
+        .map(|(id, host, port)| (id, host, i32::from(port)))
 }
 
 /// The coordinator, if started.

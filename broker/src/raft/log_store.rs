@@ -239,6 +239,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                     payload: EntryPayload::Normal(BatchEntry {
                         batch: bytes,
                         appended: None,
+                        // Read back from our own log, which only holds verified batches.
+                        verified: true,
                     }),
                 }),
                 // Purged or never written: entries must be returned without holes.
@@ -379,9 +381,14 @@ fn append_batch(
     log_id: LogId,
     data: &BatchEntry,
 ) -> Result<Arc<File>, StorageError> {
-    // Entries come from this broker's produce path, which verified CRC and counts. When
-    // followers receive entries over the network (cluster issue), verify them there.
-    let header = batch::parse_header(&data.batch).map_err(|e| io_err(io::Error::other(e)))?;
+    // The leader's own entries come from its produce path, which verified CRC and records;
+    // entries received from a leader are checked again before they touch the log.
+    let header = if data.verified {
+        batch::parse_header(&data.batch)
+    } else {
+        batch::parse_and_verify(&data.batch)
+    }
+    .map_err(|e| io_err(io::Error::other(e)))?;
     let mut span = header.span;
     span.leader_epoch = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
     log.append(

@@ -1,13 +1,12 @@
 //! Raft (openraft) for partitions: each partition is one Raft group whose log is the
-//! partition's segment log (see `storage::log`). This issue runs every group with a single
-//! voter; the storage, state machine and types are the ones the replicated cluster keeps.
+//! partition's segment log (see `storage::log`). Its voters are the partition's replicas;
+//! the transport is `cluster::network`.
 
 // openraft's storage traits return its `StorageError` (208 bytes); our helpers return the same
 // type so `?` flows through them unchanged. Errors are rare, so the size costs nothing.
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
-pub mod network;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -67,6 +66,21 @@ pub struct BatchEntry {
     /// Local-only hook for acks=1; never replicated.
     #[serde(skip)]
     pub appended: Option<AppendedSignal>,
+    /// True when this broker's produce path checked the batch (CRC, records). Entries that
+    /// arrive from a leader deserialize as false and are verified before they are stored.
+    #[serde(skip)]
+    pub verified: bool,
+}
+
+impl BatchEntry {
+    /// A batch received from another node: verified again before it is stored.
+    pub fn received(batch: Bytes) -> Self {
+        Self {
+            batch,
+            appended: None,
+            verified: false,
+        }
+    }
 }
 
 /// What applying an entry reports back to the writer.
@@ -75,17 +89,10 @@ pub struct Applied {
     pub high_watermark: i64,
 }
 
-/// Raft timing for partition groups. Snapshots are never taken: the log is the state, and
+/// Raft settings of partition groups. Snapshots are never taken: the log is the state, and
 /// it is trimmed by retention, not by Raft.
-pub fn partition_raft_config() -> Result<Arc<openraft::Config>, openraft::ConfigError> {
-    let config = openraft::Config {
-        cluster_name: "partition".to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        max_payload_entries: 64,
-        ..Default::default()
-    };
-    Ok(Arc::new(config.validate()?))
+pub fn partition_raft_config(
+    timing: crate::cluster::RaftTiming,
+) -> Result<Arc<openraft::Config>, crate::cluster::ClusterError> {
+    timing.config("partition", openraft::SnapshotPolicy::Never)
 }

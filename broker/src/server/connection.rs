@@ -30,7 +30,7 @@ const READ_STEP: usize = 1 << 20;
 
 use crate::api::Reply;
 
-pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, listener: &'static str, broker: Arc<Broker>) {
     let span = tracing::info_span!("conn", %peer);
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply>(MAX_PIPELINE);
@@ -63,14 +63,24 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     crate::api::PEER
         .scope(
             peer,
-            read_loop(BufReader::with_capacity(64 * 1024, rd), &broker, tx),
+            read_loop(
+                BufReader::with_capacity(64 * 1024, rd),
+                listener,
+                &broker,
+                tx,
+            ),
         )
         .instrument(span)
         .await;
     let _ = writer.await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, broker: &Arc<Broker>, tx: mpsc::Sender<Reply>) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    listener: &'static str,
+    broker: &Arc<Broker>,
+    tx: mpsc::Sender<Reply>,
+) {
     loop {
         let len = match tokio::time::timeout(IDLE_TIMEOUT, rd.read_i32()).await {
             Err(_) => {
@@ -120,7 +130,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, broker: &Arc<Broker>, tx: mp
                     .map_err(FrameError::BadHeader)
             }),
             Ok(Parsed::Request { header, api, body }) => {
-                match api::start(broker, header, api, body).await {
+                match api::start(broker, listener, header, api, body).await {
                     Ok(reply) => {
                         // The frame's bytes stay counted until its answer is ready.
                         tokio::spawn(async move {

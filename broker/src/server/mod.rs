@@ -10,8 +10,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::broker::Broker;
 
 /// Accepts connections until `shutdown` turns true.
+/// `name` is the listener's name (`broker::EXTERNAL` or `broker::INTERNAL`): Metadata on its
+/// connections advertises that listener's addresses.
 pub async fn serve(
     listener: TcpListener,
+    name: &'static str,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -39,7 +42,7 @@ pub async fn serve(
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
             broker.metrics.connections.inc();
-            connection::run(stream, peer, Arc::clone(&broker)).await;
+            connection::run(stream, peer, name, Arc::clone(&broker)).await;
             broker.metrics.connections.dec();
             drop(slot);
         });

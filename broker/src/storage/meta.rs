@@ -35,6 +35,10 @@ pub struct TopicRecord {
     pub partitions: i32,
     /// Topic-level config overrides (only non-default values).
     pub configs: BTreeMap<String, String>,
+    /// Replica broker ids per partition; the first is the preferred leader. Empty in
+    /// records written by single-broker versions (meaning: this broker).
+    #[serde(default)]
+    pub replicas: Vec<Vec<i32>>,
 }
 
 pub struct MetaStore {
@@ -191,18 +195,7 @@ impl MetaStore {
         if let Some(id) = self.get::<String>("cluster/id")? {
             return Ok(id);
         }
-        let raw: [u8; 16] = rand::random();
-        // Kafka cluster ids are URL-safe base64 of 16 bytes (22 characters).
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut bits: u128 = u128::from_be_bytes(raw);
-        let id: String = (0..22)
-            .map(|_| {
-                let c = ALPHABET[(bits & 63) as usize] as char;
-                bits >>= 6;
-                c
-            })
-            .collect();
+        let id = cluster_id_string(rand::random());
         self.put("cluster/id", &id, true)?;
         Ok(id)
     }
@@ -218,6 +211,19 @@ impl MetaStore {
     }
 }
 
+/// A Kafka cluster id: URL-safe base64 of 16 bytes (22 characters).
+pub fn cluster_id_string(raw: [u8; 16]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits: u128 = u128::from_be_bytes(raw);
+    (0..22)
+        .map(|_| {
+            let c = ALPHABET[(bits & 63) as usize] as char;
+            bits >>= 6;
+            c
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +237,7 @@ mod tests {
             id: [7; 16],
             partitions: 3,
             configs: BTreeMap::new(),
+            replicas: vec![vec![1]; 3],
         };
         store.put_topic(&t).expect("put");
         assert_eq!(store.topics().expect("scan"), vec![t]);

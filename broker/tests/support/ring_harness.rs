@@ -1,18 +1,23 @@
-//! An in-process switch ring on 127.0.0.1 for tests and the ring benchmark: N
-//! `sequencer_p4::pipeline::Pipeline`s, each a tokio task with its own UDP socket, plus a
+//! A switch ring on 127.0.0.1 for tests and the ring benchmark: N switches — either
+//! in-process (each a tokio task running `sequencer_p4::host`, the softswitch's own host loop
+//! around the pipeline, on its own UDP socket) or real `softswitch` processes — plus a
 //! hand-driven control plane (seal, install, inject over UDP, as `ring-controller` does) and a
 //! fake controller admin endpoint serving `GET /ring`. Every control exchange retransmits
 //! until a generous deadline, so outcomes never depend on timing.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sequencer_p4::config::{RingConfig, RingMember};
+pub use sequencer_p4::host::HostOptions;
+use sequencer_p4::host::{self, Host};
 use sequencer_p4::pipeline::{Config as SwitchConfig, Pipeline};
 use sequencer_p4::wire::{
-    install_flags, AlarmKind, Inject, Install, Message, Seal, Status, MAX_PACKET,
+    install_flags, AlarmKind, Inject, Install, Message, Probe, Seal, Status, MAX_PACKET,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -31,8 +36,11 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 pub struct SoftRing {
     /// (switch_id, data-plane address, boot id), in ring order.
     pub switches: Vec<(u16, SocketAddrV4, u64)>,
+    /// Process ids of the switches when they are `softswitch` processes.
+    pub pids: Vec<u32>,
     ctrl: UdpSocket,
     tasks: Vec<JoinHandle<()>>,
+    children: Vec<Child>,
 }
 
 impl Drop for SoftRing {
@@ -40,37 +48,17 @@ impl Drop for SoftRing {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-/// One switch: packets in, pipeline, packets out. Tokens are forwarded after `hop_delay`
-/// (0 = at once), which emulates a link and keeps an idle ring from spinning a core.
-async fn run_switch(sock: Arc<UdpSocket>, mut pipeline: Pipeline, hop_delay: Duration) {
-    let mut buf = vec![0u8; MAX_PACKET + 1];
-    loop {
-        let Ok((len, from)) = sock.recv_from(&mut buf).await else {
-            continue;
-        };
-        let Ok(msg) = Message::decode(&buf[..len]) else {
-            continue;
-        };
-        for (to, out) in pipeline.process(v4(from), &msg) {
-            let bytes = out.to_bytes();
-            if matches!(out, Message::Token(_)) && !hop_delay.is_zero() {
-                let sock = Arc::clone(&sock);
-                tokio::spawn(async move {
-                    tokio::time::sleep(hop_delay).await;
-                    let _ = sock.send_to(&bytes, to).await;
-                });
-            } else {
-                let _ = sock.send_to(&bytes, to).await;
-            }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
 
 impl SoftRing {
-    pub async fn start(n: u16, hop_delay: Duration) -> Self {
+    /// N in-process switches running the softswitch's host loop with `opts` (idle pacing,
+    /// emulated link delay).
+    pub async fn start(n: u16, opts: HostOptions) -> Self {
         let ctrl = UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("bind controller");
@@ -87,18 +75,69 @@ impl SoftRing {
                 controller: Some(ctrl_addr),
                 default_successor: None,
             });
-            tasks.push(tokio::spawn(run_switch(
-                Arc::new(sock),
-                pipeline,
-                hop_delay,
-            )));
+            let mut h = Host::new(pipeline, opts);
+            tasks.push(tokio::spawn(async move {
+                host::serve(&sock, &mut h, |_| {}, || {}, std::future::pending()).await;
+            }));
             switches.push((id, addr, boot));
         }
         Self {
             switches,
+            pids: Vec::new(),
             ctrl,
             tasks,
+            children: Vec::new(),
         }
+    }
+
+    /// N `softswitch` processes (the binary at `bin`) on free loopback ports, each given
+    /// `extra` flags (e.g. `--idle-hold-us 0`).
+    pub async fn spawn(bin: &Path, n: u16, extra: &[String]) -> Self {
+        let ctrl = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind controller");
+        let ctrl_addr = v4(ctrl.local_addr().expect("addr"));
+        let mut switches = Vec::new();
+        let mut children = Vec::new();
+        let mut pids = Vec::new();
+        for id in 0..n {
+            // A free port: bind, note it, release it for the switch.
+            let port = {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe port");
+                s.local_addr().expect("addr").port()
+            };
+            let addr = SocketAddrV4::new([127, 0, 0, 1].into(), port);
+            let boot = 0xB007_0000 + u64::from(id) + 1;
+            let child = Command::new(bin)
+                .args(["--id", &id.to_string(), "--listen", &addr.to_string()])
+                .args(["--controller", &ctrl_addr.to_string()])
+                .args(["--boot", &boot.to_string()])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+            pids.push(child.id());
+            children.push(child);
+            switches.push((id, addr, boot));
+        }
+        let ring = Self {
+            switches,
+            pids,
+            ctrl,
+            tasks: Vec::new(),
+            children,
+        };
+        // Up when each answers a probe.
+        for &(id, addr, _) in &ring.switches {
+            ring.exchange(addr, Message::Probe(Probe {}), |m| match m {
+                Message::Status(st) if st.switch_id == id => Some(()),
+                _ => None,
+            })
+            .await;
+        }
+        ring
     }
 
     /// Sends `msg` to `to` every RETRY until `accept` returns a value.

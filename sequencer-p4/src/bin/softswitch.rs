@@ -1,5 +1,7 @@
 //! `softswitch`: a software sequencer switch. It runs [`Pipeline`] (the same logic as
-//! `p4/sequencer.p4`) over UDP, one packet at a time, with Prometheus metrics.
+//! `p4/sequencer.p4`) over UDP, one packet at a time, inside the host loop of
+//! [`sequencer_p4::host`] (idle-token pacing, optional link emulation), with Prometheus
+//! metrics.
 //!
 //! The pipeline is owned by one task and never shared: the switch's state is exactly the
 //! pipeline's registers, and it is lost when the process exits, as a switch's would be.
@@ -11,10 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use sequencer_p4::host::{self, Host, HostOptions, HostStats};
 use sequencer_p4::pipeline::{Config, Pipeline, Stats};
-use sequencer_p4::wire::{status_flags, Message, MAX_PACKET};
+use sequencer_p4::wire::{msg_type, status_flags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -43,6 +46,17 @@ struct Args {
     /// switch must never share it.
     #[arg(long, env = "SOFTSWITCH_BOOT")]
     boot: Option<u64>,
+    /// Idle pacing: the head parks an idle token for at most this many microseconds (until
+    /// a request arrives) instead of spinning it around the ring. 0 = never park.
+    #[arg(long, env = "SOFTSWITCH_IDLE_HOLD_US", default_value_t = 1000)]
+    idle_hold_us: u64,
+    /// Idle pacing starts once the ring has been idle this many microseconds.
+    #[arg(long, env = "SOFTSWITCH_IDLE_GRACE_US", default_value_t = 1000)]
+    idle_grace_us: u64,
+    /// Emulated link: delay every token forward by this many microseconds (benchmarks;
+    /// microsecond precision by spinning while the delay runs). 0 = none.
+    #[arg(long, env = "SOFTSWITCH_LINK_DELAY_US", default_value_t = 0)]
+    link_delay_us: u64,
     /// Log format.
     #[arg(long, env = "SOFTSWITCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -94,104 +108,45 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?;
         tokio::spawn(serve_metrics(listener, Arc::clone(&metrics)));
     }
+    let opts = HostOptions {
+        idle_hold: Duration::from_micros(args.idle_hold_us),
+        idle_grace: Duration::from_micros(args.idle_grace_us),
+        link_delay: Duration::from_micros(args.link_delay_us),
+    };
     tracing::info!(id = cfg.switch_id, boot = format!("{boot:#018x}"), %listen, ?cfg.default_successor,
-        ?cfg.controller, "softswitch up, nothing installed");
-    run(sock, Pipeline::new(cfg), &metrics).await
+        ?cfg.controller, ?opts, "softswitch up, nothing installed");
+    run(sock, Host::new(Pipeline::new(cfg), opts), &metrics).await
 }
 
-/// The packet loop: receive, run the pipeline, send what it emits.
-async fn run(sock: UdpSocket, mut pipeline: Pipeline, metrics: &Metrics) -> anyhow::Result<()> {
-    let mut out_buf = Vec::with_capacity(MAX_PACKET);
-    send_all(&sock, pipeline.boot_messages(), &mut out_buf, metrics).await;
-    // Room for one byte more than the largest packet, so an oversized one is seen as such.
-    let mut buf = [0u8; MAX_PACKET + 1];
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// The packet loop ([`host::serve`]) with metrics synced once a second.
+async fn run(sock: UdpSocket, mut host: Host, metrics: &Metrics) -> anyhow::Result<()> {
     let mut synced = Synced {
         stats: Stats::default(),
+        host: HostStats::default(),
         at: Instant::now(),
     };
-    let shutdown = tokio::signal::ctrl_c();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            received = sock.recv_from(&mut buf) => {
-                let (len, from) = match received {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "recv failed");
-                        continue;
-                    }
-                };
-                if let Some(out) = handle(&mut pipeline, &buf[..len], from, metrics) {
-                    send_all(&sock, out, &mut out_buf, metrics).await;
-                }
-            }
-            _ = tick.tick() => metrics.sync(&pipeline, &mut synced),
-            _ = &mut shutdown => {
-                tracing::info!("interrupted; the switch's state goes with it");
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn handle(
-    pipeline: &mut Pipeline,
-    packet: &[u8],
-    from: SocketAddr,
-    metrics: &Metrics,
-) -> Option<Vec<(SocketAddrV4, Message)>> {
-    let SocketAddr::V4(from) = from else {
-        metrics.decode_errors.inc();
-        return None;
-    };
-    let msg = match Message::decode(packet) {
-        Ok(m) => m,
-        Err(e) => {
-            metrics.decode_errors.inc();
-            tracing::debug!(%from, error = %e, "dropped undecodable packet");
-            return None;
+    let shutdown = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "no signal handler; running until killed");
+            std::future::pending::<()>().await;
         }
     };
-    metrics.packets_in.with_label_values(&[msg.name()]).inc();
-    if matches!(
-        msg,
-        Message::Seal(_) | Message::Install(_) | Message::Inject(_)
-    ) {
-        tracing::info!(%from, ?msg, "control message");
-    }
-    let epoch_before = pipeline.status().epoch;
-    let out = pipeline.process(from, &msg);
-    let status = pipeline.status();
-    if status.epoch != epoch_before {
-        tracing::info!(
-            epoch = status.epoch,
-            head = status.flags & status_flags::HEAD != 0,
-            "epoch installed"
-        );
-    }
-    Some(out)
-}
-
-async fn send_all(
-    sock: &UdpSocket,
-    out: Vec<(SocketAddrV4, Message)>,
-    buf: &mut Vec<u8>,
-    metrics: &Metrics,
-) {
-    for (to, msg) in out {
-        buf.clear();
-        msg.encode(buf);
-        if let Err(e) = sock.send_to(buf, to).await {
-            metrics.send_errors.inc();
-            tracing::debug!(%to, error = %e, "send failed");
-        }
-    }
+    host::serve(
+        &sock,
+        &mut host,
+        |h| metrics.sync(h, &mut synced),
+        || metrics.send_errors.inc(),
+        shutdown,
+    )
+    .await;
+    tracing::info!("interrupted; the switch's state goes with it");
+    Ok(())
 }
 
 /// The pipeline's counters at the last sync, for deltas and rates.
 struct Synced {
     stats: Stats,
+    host: HostStats,
     at: Instant,
 }
 
@@ -213,7 +168,25 @@ struct Metrics {
     packets_in: IntCounterVec,
     decode_errors: IntCounter,
     send_errors: IntCounter,
+    tokens_held: IntCounter,
+    held_seconds: Counter,
 }
+
+/// Message types and their metric labels.
+const PACKET_TYPES: &[(u8, &str)] = &[
+    (msg_type::REQUEST, "request"),
+    (msg_type::TICKET, "ticket"),
+    (msg_type::GRANT, "grant"),
+    (msg_type::REJECT, "reject"),
+    (msg_type::ANNOUNCE, "announce"),
+    (msg_type::TOKEN, "token"),
+    (msg_type::SEAL, "seal"),
+    (msg_type::INSTALL, "install"),
+    (msg_type::INJECT, "inject"),
+    (msg_type::PROBE, "probe"),
+    (msg_type::STATUS, "status"),
+    (msg_type::ALARM, "alarm"),
+];
 
 impl Metrics {
     fn new() -> anyhow::Result<Self> {
@@ -278,13 +251,27 @@ impl Metrics {
             )?,
             decode_errors: counter("seq_decode_errors_total", "Packets dropped as undecodable")?,
             send_errors: counter("seq_send_errors_total", "Packets the OS refused to send")?,
+            tokens_held: counter(
+                "seq_tokens_held_total",
+                "Idle tokens parked by the head (idle pacing)",
+            )?,
+            held_seconds: {
+                let c = Counter::new(
+                    "seq_token_held_seconds_total",
+                    "Time idle tokens spent parked at the head",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             packets_in,
             registry,
         })
     }
 
-    /// Copies the pipeline's counters into Prometheus and derives the per-second gauges.
-    fn sync(&self, pipeline: &Pipeline, last: &mut Synced) {
+    /// Copies the pipeline's and the host's counters into Prometheus and derives the
+    /// per-second gauges.
+    fn sync(&self, host: &Host, last: &mut Synced) {
+        let pipeline = host.pipeline();
         let now = pipeline.stats();
         let prev = last.stats;
         let secs = last.at.elapsed().as_secs_f64().max(1e-3);
@@ -309,12 +296,25 @@ impl Metrics {
         } else {
             numbers as f64 / visits as f64
         });
+        let h = host.stats();
+        let hp = last.host;
+        for (code, name) in PACKET_TYPES {
+            let i = usize::from(*code);
+            let (n, p) = (h.packets_in[i], hp.packets_in[i]);
+            self.packets_in.with_label_values(&[name]).inc_by(n - p);
+        }
+        self.decode_errors
+            .inc_by(h.decode_errors - hp.decode_errors);
+        self.tokens_held.inc_by(h.tokens_held - hp.tokens_held);
+        self.held_seconds
+            .inc_by((h.held_time - hp.held_time).as_secs_f64());
         let status = pipeline.status();
         self.epoch.set(i64::from(status.epoch));
         self.sealed
             .set(i64::from(status.flags & status_flags::SEALED != 0));
         *last = Synced {
             stats: now,
+            host: h,
             at: Instant::now(),
         };
     }

@@ -1,0 +1,370 @@
+//! Cluster metadata: what the metadata Raft group replicates (brokers, topics, partition
+//! assignments, configs, partition leaders and ISR), as KRaft does. `ClusterState::apply` is
+//! the pure state machine; `meta_store.rs` persists it and the group's log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::meta::TopicRecord;
+
+openraft::declare_raft_types!(
+    /// Types of the cluster metadata Raft group.
+    pub MetaConfig:
+        D = MetaCommand,
+        R = MetaReply,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<MetaConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type MetaRaft = openraft::Raft<MetaConfig>;
+
+/// A Kafka listener a broker serves, by name ("external", "internal").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub listener: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub raft_addr: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What a partition leader reports about its partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionReport {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub leader: i32,
+    /// Raft term of the leader: Kafka's leader epoch.
+    pub epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaCommand {
+    RegisterBroker {
+        info: BrokerInfo,
+        /// Adopted as the cluster id if the cluster has none yet.
+        cluster_id: String,
+    },
+    CreateTopic(TopicRecord),
+    DeleteTopic {
+        name: String,
+    },
+    AddPartitions {
+        name: String,
+        replicas: Vec<Vec<i32>>,
+    },
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    PartitionStates(Vec<PartitionReport>),
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetaReply {
+    pub rejected: Option<Rejection>,
+}
+
+/// Leader and in-sync replicas of one partition, as last reported by its leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// -1 until a leader has reported.
+    pub leader: i32,
+    pub epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicState {
+    pub record: TopicRecord,
+    pub partitions: Vec<PartitionState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: Option<String>,
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicState>,
+}
+
+fn unreported(n: usize) -> Vec<PartitionState> {
+    vec![
+        PartitionState {
+            leader: -1,
+            epoch: -1,
+            isr: Vec::new(),
+        };
+        n
+    ]
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, cmd: &MetaCommand) -> MetaReply {
+        let rejected = match cmd {
+            MetaCommand::RegisterBroker { info, cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
+                self.brokers.insert(info.id, info.clone());
+                None
+            }
+            MetaCommand::CreateTopic(record) => self.create_topic(record),
+            MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => None,
+                None => Some(Rejection::UnknownTopic(name.clone())),
+            },
+            MetaCommand::AddPartitions { name, replicas } => self.add_partitions(name, replicas),
+            MetaCommand::AlterTopicConfigs { name, configs } => match self.topics.get_mut(name) {
+                Some(t) => {
+                    t.record.configs = configs.clone();
+                    None
+                }
+                None => Some(Rejection::UnknownTopic(name.clone())),
+            },
+            MetaCommand::PartitionStates(reports) => {
+                for r in reports {
+                    self.report(r);
+                }
+                None
+            }
+        };
+        MetaReply { rejected }
+    }
+
+    fn create_topic(&mut self, record: &TopicRecord) -> Option<Rejection> {
+        if self.topics.contains_key(&record.name) {
+            return Some(Rejection::TopicExists(record.name.clone()));
+        }
+        if record.replicas.len() != record.partitions as usize {
+            return Some(Rejection::Invalid(format!(
+                "{} replica lists for {} partitions",
+                record.replicas.len(),
+                record.partitions
+            )));
+        }
+        self.topics.insert(
+            record.name.clone(),
+            TopicState {
+                record: record.clone(),
+                partitions: unreported(record.replicas.len()),
+            },
+        );
+        None
+    }
+
+    fn add_partitions(&mut self, name: &str, replicas: &[Vec<i32>]) -> Option<Rejection> {
+        let Some(t) = self.topics.get_mut(name) else {
+            return Some(Rejection::UnknownTopic(name.to_string()));
+        };
+        t.record.replicas.extend(replicas.iter().cloned());
+        t.record.partitions = t.record.replicas.len() as i32;
+        t.partitions.extend(unreported(replicas.len()));
+        None
+    }
+
+    /// Accepts a report from the partition's current leader: a newer epoch, or the same
+    /// epoch and leader (an ISR change). Reports from deposed leaders are ignored.
+    fn report(&mut self, r: &PartitionReport) {
+        let Some(t) = self.topics.values_mut().find(|t| t.record.id == r.topic_id) else {
+            return;
+        };
+        let Some(p) = usize::try_from(r.partition)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+        else {
+            return;
+        };
+        if r.epoch > p.epoch || (r.epoch == p.epoch && r.leader == p.leader) {
+            p.leader = r.leader;
+            p.epoch = r.epoch;
+            p.isr = r.isr.clone();
+        }
+    }
+
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&TopicState> {
+        self.topics.values().find(|t| &t.record.id == id)
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.topics.values().map(|t| t.partitions.len()).sum()
+    }
+
+    /// Replica lists for `count` new partitions with `rf` replicas each over the registered
+    /// brokers: partition p's replicas start at broker (start + p) mod n, so preferred
+    /// leaders (the first replica) spread evenly, and `start` continues where the cluster's
+    /// existing partitions left off so small topics do not all lead on the same broker.
+    pub fn place(&self, count: usize, rf: usize) -> Result<Vec<Vec<i32>>, Rejection> {
+        let brokers: Vec<i32> = self.brokers.keys().copied().collect();
+        if rf == 0 || rf > brokers.len() {
+            return Err(Rejection::Invalid(format!(
+                "replication factor {rf} is not possible with {} registered broker(s)",
+                brokers.len()
+            )));
+        }
+        let n = brokers.len();
+        let start = self.partition_count() % n;
+        Ok((0..count)
+            .map(|p| (0..rf).map(|r| brokers[(start + p + r) % n]).collect())
+            .collect())
+    }
+
+    /// Checks operator-given replica lists.
+    pub fn check_assignment(&self, replicas: &[Vec<i32>]) -> Result<(), Rejection> {
+        let rf = replicas.first().map_or(0, Vec::len);
+        for (p, list) in replicas.iter().enumerate() {
+            let unique: BTreeSet<_> = list.iter().collect();
+            if list.is_empty() || unique.len() != list.len() || list.len() != rf {
+                return Err(Rejection::Invalid(format!(
+                    "partition {p}: replicas {list:?} must be {rf} distinct brokers"
+                )));
+            }
+            if let Some(b) = list.iter().find(|b| !self.brokers.contains_key(b)) {
+                return Err(Rejection::Invalid(format!(
+                    "partition {p}: broker {b} is not registered"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(id: i32) -> MetaCommand {
+        MetaCommand::RegisterBroker {
+            info: BrokerInfo {
+                id,
+                raft_addr: format!("b{id}:9093"),
+                endpoints: vec![],
+            },
+            cluster_id: format!("c{id}"),
+        }
+    }
+
+    fn topic(name: &str, id: u8, replicas: Vec<Vec<i32>>) -> MetaCommand {
+        MetaCommand::CreateTopic(TopicRecord {
+            name: name.into(),
+            id: [id; 16],
+            partitions: replicas.len() as i32,
+            configs: BTreeMap::new(),
+            replicas,
+        })
+    }
+
+    fn three_brokers() -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&broker(id));
+        }
+        s
+    }
+
+    #[test]
+    fn first_registration_fixes_the_cluster_id() {
+        let s = three_brokers();
+        assert_eq!(s.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(s.brokers.len(), 3);
+    }
+
+    #[test]
+    fn placement_balances_preferred_leaders() {
+        let mut s = three_brokers();
+        let r = s.place(12, 3).expect("place");
+        let mut leaders = BTreeMap::new();
+        for list in &r {
+            assert_eq!(list.iter().collect::<BTreeSet<_>>().len(), 3);
+            *leaders.entry(list[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+        // Single-partition topics rotate their leader.
+        let mut firsts = Vec::new();
+        for i in 0..3u8 {
+            let r = s.place(1, 1).expect("place");
+            firsts.push(r[0][0]);
+            s.apply(&topic(&format!("t{i}"), i, r));
+        }
+        firsts.sort();
+        assert_eq!(firsts, vec![1, 2, 3]);
+        assert!(s.place(1, 4).is_err());
+    }
+
+    #[test]
+    fn topics_are_created_once_and_deleted() {
+        let mut s = three_brokers();
+        let cmd = topic("a", 1, vec![vec![1, 2, 3]]);
+        assert!(s.apply(&cmd).rejected.is_none());
+        assert_eq!(
+            s.apply(&cmd).rejected,
+            Some(Rejection::TopicExists("a".into()))
+        );
+        assert_eq!(s.topics["a"].partitions[0].leader, -1);
+        s.apply(&MetaCommand::AddPartitions {
+            name: "a".into(),
+            replicas: vec![vec![2, 3, 1]],
+        });
+        assert_eq!(s.topics["a"].record.partitions, 2);
+        assert!(s
+            .apply(&MetaCommand::DeleteTopic { name: "a".into() })
+            .rejected
+            .is_none());
+        assert!(s.topics.is_empty());
+    }
+
+    #[test]
+    fn stale_leader_reports_are_ignored() {
+        let mut s = three_brokers();
+        s.apply(&topic("a", 1, vec![vec![1, 2, 3]]));
+        let report = |leader, epoch, isr: Vec<i32>| {
+            MetaCommand::PartitionStates(vec![PartitionReport {
+                topic_id: [1; 16],
+                partition: 0,
+                leader,
+                epoch,
+                isr,
+            }])
+        };
+        s.apply(&report(1, 3, vec![1, 2, 3]));
+        s.apply(&report(2, 4, vec![2, 3]));
+        // The old leader wakes up and reports its old term: ignored.
+        s.apply(&report(1, 3, vec![1]));
+        // Same epoch, other leader: impossible in Raft, ignored.
+        s.apply(&report(3, 4, vec![3]));
+        let p = &s.topics["a"].partitions[0];
+        assert_eq!((p.leader, p.epoch, p.isr.clone()), (2, 4, vec![2, 3]));
+        // The leader's ISR change is taken.
+        s.apply(&report(2, 4, vec![1, 2, 3]));
+        assert_eq!(s.topics["a"].partitions[0].isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn assignments_are_checked() {
+        let s = three_brokers();
+        assert!(s.check_assignment(&[vec![1, 2], vec![2, 3]]).is_ok());
+        assert!(s.check_assignment(&[vec![1, 1]]).is_err());
+        assert!(s.check_assignment(&[vec![1, 2], vec![3]]).is_err());
+        assert!(s.check_assignment(&[vec![1, 9]]).is_err());
+    }
+}
