@@ -45,7 +45,7 @@ async fn call<R: Request>(broker: &Arc<Broker>, req: &R, version: i16) -> R::Res
         .with_request_api_version(version)
         .with_correlation_id(17)
         .with_client_id(Some(s("versions-test")));
-    let reply = broker::api::start(broker, header, api, body.freeze())
+    let reply = broker::api::start(broker, broker::broker::EXTERNAL, header, api, body.freeze())
         .await
         .expect("request accepted");
     let frame = reply
