@@ -284,14 +284,15 @@ impl Coordinator {
     /// Opens shards for newly led partitions and closes those no longer led.
     pub fn refresh(self: &Coordinator) {
         let n = self.topic.partitions().unwrap_or(0);
+        // Asked before taking the lock: requests only wait for the comparison below.
+        let led: Vec<_> = (0..n).map(|p| (p, self.topic.led_partition(p))).collect();
         let mut opened = Vec::new();
         let mut closed = Vec::new();
         {
             let Ok(mut shards) = self.shards.write() else {
                 return;
             };
-            for p in 0..n {
-                let led = self.topic.led_partition(p);
+            for (p, led) in led {
                 let current = shards.get(&p).map(|s| s.epoch);
                 match (led, current) {
                     (Some((epoch, _)), Some(e)) if e == epoch => {}
@@ -378,6 +379,7 @@ impl Coordinator {
 
     // ---- the APIs -----------------------------------------------------------------------
 
+    #[tracing::instrument(level = "info", skip_all, fields(group = %req.group_id, member = %req.member_id))]
     pub async fn join(&self, req: JoinRequest) -> JoinResponse {
         let member_id = req.member_id.clone();
         let shard = match self.shard_for(&req.group_id) {
@@ -394,6 +396,7 @@ impl Coordinator {
         }
     }
 
+    #[tracing::instrument(level = "info", skip_all, fields(group = %req.group_id, member = %req.member_id, generation = req.generation))]
     pub async fn sync(&self, req: SyncRequest) -> SyncResponse {
         let shard = match self.shard_for(&req.group_id) {
             Ok(s) => s,
@@ -452,6 +455,7 @@ impl Coordinator {
             .unwrap_or_else(|p| error(p.code()))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %req.group_id))]
     pub async fn commit(&self, req: CommitRequest) -> PartitionErrors {
         let all = |req: &CommitRequest, code: i16| -> PartitionErrors {
             req.offsets
@@ -512,6 +516,7 @@ impl Coordinator {
         (error, groups)
     }
 
+    #[tracing::instrument(level = "info", skip_all, fields(groups = ids.len()))]
     pub async fn delete_groups(&self, ids: Vec<String>) -> Vec<(String, i16)> {
         let mut by_shard: HashMap<i32, (Arc<Shard>, Vec<String>)> = HashMap::new();
         let mut results = Vec::new();
@@ -543,6 +548,7 @@ impl Coordinator {
         results
     }
 
+    #[tracing::instrument(level = "info", skip(self, partitions))]
     pub async fn offset_delete(
         &self,
         group: &str,
@@ -672,6 +678,8 @@ mod tests {
     struct MemLog {
         batches: Mutex<Vec<(i64, Bytes)>>,
         next: AtomicU64,
+        /// The committed view lags: nothing is committed yet (a new Raft leader).
+        lagging: std::sync::atomic::AtomicBool,
     }
 
     impl GroupLog for MemLog {
@@ -703,7 +711,11 @@ mod tests {
             Ok((!out.is_empty()).then(|| out.freeze()))
         }
         fn high_watermark(&self) -> i64 {
-            self.end_offset()
+            if self.lagging.load(Ordering::SeqCst) {
+                0
+            } else {
+                self.end_offset()
+            }
         }
         fn end_offset(&self) -> i64 {
             self.batches
@@ -804,5 +816,56 @@ mod tests {
             (v.offset, v.leader_epoch, v.metadata.as_str()),
             (20, 2, "second")
         );
+    }
+
+    #[tokio::test]
+    async fn a_loading_partition_answers_load_in_progress() {
+        let log = Arc::new(MemLog::default());
+        // A commit from a previous leader, not yet known to be committed here.
+        let record = store::Record::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            value: Some(store::OffsetValue {
+                offset: 77,
+                leader_epoch: -1,
+                metadata: "old".into(),
+                commit_timestamp: 1,
+            }),
+        };
+        let (batch, n) = store::encode_batch(&[record], 1).expect("encode");
+        let _ack = log.append(batch, n).await.expect("append");
+        log.lagging.store(true, Ordering::SeqCst);
+        let topic = Arc::new(MemTopic {
+            log: Arc::clone(&log),
+            led: std::sync::atomic::AtomicI32::new(1),
+        });
+        let c = Coordinator::new(GroupConfig::default(), topic);
+        c.refresh();
+        let loading = E::CoordinatorLoadInProgress.code();
+        let join = JoinRequest {
+            group_id: "g".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            ..JoinRequest::default()
+        };
+        assert_eq!(c.join(join).await.error, loading);
+        assert_eq!(c.fetch_offsets("g", None), Err(loading));
+        assert_eq!(c.commit(commit("g", 1, "")).await[0].2, loading);
+        // As Kafka: heartbeats pass blindly, syncs are told to rejoin.
+        assert_eq!(c.heartbeat("g", "m", None, 1), 0);
+        let sync = SyncRequest {
+            group_id: "g".into(),
+            ..SyncRequest::default()
+        };
+        assert_eq!(c.sync(sync).await.error, E::RebalanceInProgress.code());
+        assert_eq!(c.list().0, loading);
+
+        log.lagging.store(false, Ordering::SeqCst);
+        active(&c).await;
+        let fetched = c.fetch_offsets("g", None).expect("loaded");
+        assert_eq!(fetched[0].2.as_ref().map(|v| v.offset), Some(77));
     }
 }

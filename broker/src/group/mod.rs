@@ -184,3 +184,64 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kafkas_and_bad_values_name_their_flag() {
+        let d = GroupArgs::default().resolve().expect("defaults are valid");
+        assert_eq!(d.initial_rebalance_delay_ms, 3000);
+        assert_eq!(
+            (d.min_session_timeout_ms, d.max_session_timeout_ms),
+            (6000, 1_800_000)
+        );
+        assert_eq!(
+            (d.offsets_partitions, d.offsets_replication_factor),
+            (16, 3)
+        );
+        for (args, name) in [
+            (
+                GroupArgs {
+                    group_max_size: Some(0),
+                    ..GroupArgs::default()
+                },
+                "group-max-size",
+            ),
+            (
+                GroupArgs {
+                    group_min_session_timeout_ms: Some(10_000),
+                    group_max_session_timeout_ms: Some(5_000),
+                    ..GroupArgs::default()
+                },
+                "group-min-session-timeout-ms",
+            ),
+            (
+                GroupArgs {
+                    offsets_topic_num_partitions: Some(0),
+                    ..GroupArgs::default()
+                },
+                "offsets-topic-num-partitions",
+            ),
+        ] {
+            let err = args.resolve().expect_err("invalid");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let flags = GroupArgs {
+            group_initial_rebalance_delay_ms: Some(5),
+            ..GroupArgs::default()
+        };
+        let file = GroupArgs {
+            group_initial_rebalance_delay_ms: Some(7),
+            group_max_size: Some(9),
+            ..GroupArgs::default()
+        };
+        let c = flags.or(file).resolve().expect("valid");
+        assert_eq!((c.initial_rebalance_delay_ms, c.max_size), (5, 9));
+    }
+}

@@ -636,7 +636,10 @@ impl GroupShard {
         while !prefix.is_char_boundary(end) {
             end -= 1;
         }
-        let uuid = uuid::Uuid::from_u64_pair(self.id_seed, self.id_counter);
+        // Both halves are bijections of the counter: unique, and random-looking.
+        let high = self.id_seed ^ self.id_counter.rotate_left(32);
+        let low = self.id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.id_seed;
+        let uuid = uuid::Uuid::from_u64_pair(high, low);
         format!("{}-{}", &prefix[..end], uuid.hyphenated())
     }
 
