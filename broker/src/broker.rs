@@ -378,14 +378,20 @@ impl Broker {
     /// replica that knows a leader at least as new as the metadata's, else the metadata.
     pub fn leader_view(&self, topic: &Topic, index: i32) -> LeaderView {
         let state = self.cluster.state();
-        let reported: Option<PartitionState> = state
-            .topic_by_id(&topic.record.id)
-            .and_then(|t| {
-                usize::try_from(index)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i))
-            })
-            .cloned();
+        let reported = reported_states(&state, topic);
+        self.view_of(topic, index, nth(reported, index))
+    }
+
+    /// `leader_view` of every partition of `topic`, reading the metadata once.
+    pub fn leader_views(&self, topic: &Topic) -> Vec<LeaderView> {
+        let state = self.cluster.state();
+        let reported = reported_states(&state, topic);
+        (0..topic.record.partitions)
+            .map(|index| self.view_of(topic, index, nth(reported, index)))
+            .collect()
+    }
+
+    fn view_of(&self, topic: &Topic, index: i32, reported: Option<PartitionState>) -> LeaderView {
         let local = topic.partition(index).and_then(|p| p.known_leader());
         let from_metadata = |r: PartitionState| LeaderView {
             leader: r.leader,
@@ -532,8 +538,9 @@ impl Broker {
     /// Waits (bounded) until every partition of `topic` has a known leader.
     async fn wait_for_leaders(&self, topic: &Topic) {
         let all_led = |b: &Self| {
-            (0..topic.record.partitions)
-                .all(|i| b.leader_view(topic, i).leader >= 0)
+            b.leader_views(topic)
+                .iter()
+                .all(|v| v.leader >= 0)
                 .then_some(())
         };
         if self.wait_for(all_led).await.is_none() {
@@ -746,6 +753,20 @@ fn seeds_cluster_id(seeds: &BTreeMap<u64, String>) -> String {
         raw[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
     }
     crate::storage::meta::cluster_id_string(raw)
+}
+
+/// The metadata's partition states of `topic` (empty if the metadata does not know it).
+fn reported_states<'a>(state: &'a ClusterState, topic: &Topic) -> &'a [PartitionState] {
+    state
+        .topic_by_id(&topic.record.id)
+        .map_or(&[], |t| t.partitions.as_slice())
+}
+
+fn nth(states: &[PartitionState], index: i32) -> Option<PartitionState> {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| states.get(i))
+        .cloned()
 }
 
 fn rejection(r: Rejection) -> BrokerError {

@@ -184,15 +184,6 @@ impl Partition {
         }))
     }
 
-    /// Waits until this node leads the partition (a single voter elects itself).
-    pub async fn wait_for_leadership(&self, timeout: Duration) -> bool {
-        self.raft
-            .wait(Some(timeout))
-            .state(ServerState::Leader, "partition leadership")
-            .await
-            .is_ok()
-    }
-
     /// This broker's id.
     pub fn node_id(&self) -> i32 {
         self.node_id

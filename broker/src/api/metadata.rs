@@ -147,8 +147,8 @@ fn error_topic(
 pub fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let me = broker.config.broker_id();
     let partitions = (0..topic.record.partitions)
-        .map(|index| {
-            let view = broker.leader_view(topic, index);
+        .zip(broker.leader_views(topic))
+        .map(|(index, view)| {
             let error = if view.leader < 0 {
                 ResponseError::LeaderNotAvailable.code()
             } else {
