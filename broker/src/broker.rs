@@ -19,7 +19,7 @@ use crate::cluster::metadata::{
 };
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, RaftTiming};
-use crate::config::{BrokerConfig, LogConfig, SequencerKind};
+use crate::config::{BrokerConfig, SequencerKind};
 use crate::metrics::Metrics;
 use crate::partition::{Partition, PartitionEnv, PartitionSpec};
 use crate::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
@@ -224,11 +224,11 @@ impl Broker {
         Ok(())
     }
 
-    fn env(&self, log_config: LogConfig) -> PartitionEnv<'_> {
+    fn env(&self, settings: topic_config::TopicSettings) -> PartitionEnv<'_> {
         PartitionEnv {
             node_id: self.config.node_id,
             data_dir: &self.config.data_dir,
-            log_config,
+            settings,
             meta: Arc::clone(&self.meta),
             sequencer: self.sequencer.clone(),
             data_arrived: Arc::clone(&self.data_arrived),
@@ -269,11 +269,12 @@ impl Broker {
         state: &ClusterState,
     ) -> Topic {
         let me = self.config.broker_id();
-        let log_config = topic_config::log_config(&self.config.log, &record.configs);
-        let env = self.env(log_config);
+        let settings = topic_config::settings(&self.config, &record.configs);
+        let env = self.env(settings);
         let mut partitions = Vec::new();
         for index in 0..record.partitions {
             if let Some(p) = current.and_then(|c| c.partition(index)) {
+                p.set_settings(settings);
                 partitions.push(Some(Arc::clone(p)));
                 continue;
             }

@@ -255,8 +255,9 @@ pub struct BrokerConfig {
     pub groups: crate::group::GroupConfig,
 }
 
-/// Settings of every partition log (topic-level overrides come with the configs issue).
-#[derive(Debug, Clone, Copy)]
+/// Settings of a partition log (the broker's flags, with topic-level overrides applied by
+/// `topic_config::settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     pub segment_bytes: u64,
     pub segment_ms: u64,

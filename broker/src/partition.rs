@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::cluster::network::{Network, PartitionRoute};
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, RaftTiming};
-use crate::config::LogConfig;
 use crate::raft::log_store::{LogStore, SharedLog};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
@@ -28,6 +27,7 @@ use crate::sequencer::SequencerClient;
 use crate::storage::batch;
 use crate::storage::log::ReadResult;
 use crate::storage::meta::MetaStore;
+use crate::topic_config::TopicSettings;
 
 /// Produce requests queued per partition before producers are pushed back.
 const APPEND_QUEUE: usize = 1024;
@@ -84,6 +84,8 @@ pub struct Partition {
     /// Size of the ISR as last computed (all replicas until the first computation, as
     /// Kafka starts a partition with every replica in sync).
     isr_len: AtomicUsize,
+    /// The topic's configs with the broker defaults filled in; replaced when they change.
+    settings: std::sync::RwLock<TopicSettings>,
 }
 
 /// When each follower was last caught up with the leader's committed log.
@@ -97,7 +99,7 @@ struct IsrTracker {
 pub struct PartitionEnv<'a> {
     pub node_id: u64,
     pub data_dir: &'a Path,
-    pub log_config: LogConfig,
+    pub settings: TopicSettings,
     pub meta: Arc<MetaStore>,
     pub sequencer: SequencerClient,
     pub data_arrived: Arc<Notify>,
@@ -133,7 +135,7 @@ impl Partition {
             spec.group,
             env.node_id,
             &dir,
-            env.log_config,
+            env.settings.log,
             Arc::clone(&env.meta),
         )
         .map_err(storage)?;
@@ -181,7 +183,24 @@ impl Partition {
             appender: tx,
             cluster: Arc::clone(&env.cluster),
             isr: Mutex::new(IsrTracker::default()),
+            settings: std::sync::RwLock::new(env.settings),
         }))
+    }
+
+    /// The topic's current settings (configs with broker defaults).
+    pub fn settings(&self) -> TopicSettings {
+        match self.settings.read() {
+            Ok(s) => *s,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Takes new settings after the topic's configs changed.
+    pub fn set_settings(&self, settings: TopicSettings) {
+        match self.settings.write() {
+            Ok(mut s) => *s = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
     }
 
     /// This broker's id.

@@ -179,6 +179,63 @@ pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Everything a partition needs to know about its topic's configs, with the broker's defaults
+/// filled in. Partitions hold the current value (`Partition::settings`); the reconciler
+/// replaces it when the topic's configs change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopicSettings {
+    pub log: LogConfig,
+    /// Age above which whole old segments are deleted; -1: never.
+    pub retention_ms: i64,
+    /// Partition size above which whole old segments are deleted; -1: no limit.
+    pub retention_bytes: i64,
+    /// cleanup.policy contains `delete` (retention applies).
+    pub cleanup_delete: bool,
+    /// cleanup.policy contains `compact` (the cleaner keeps the latest value per key).
+    pub cleanup_compact: bool,
+    /// How long a compacted topic keeps tombstones.
+    pub delete_retention_ms: i64,
+    /// Largest record batch accepted (bytes).
+    pub max_message_bytes: usize,
+    /// Replicas that must be in sync for an acks=all write.
+    pub min_insync_replicas: usize,
+    /// message.timestamp.type=LogAppendTime: the broker stamps batches with its clock.
+    pub log_append_time: bool,
+}
+
+fn parsed<T: std::str::FromStr>(configs: &BTreeMap<String, String>, name: &str, default: T) -> T {
+    configs
+        .get(name)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A topic's settings: its overrides, else the broker's defaults (Kafka's where the broker has
+/// no flag).
+pub fn settings(broker: &BrokerConfig, configs: &BTreeMap<String, String>) -> TopicSettings {
+    let policy = configs
+        .get("cleanup.policy")
+        .map_or("delete", String::as_str);
+    let has = |p: &str| policy.split(',').any(|x| x.trim() == p);
+    TopicSettings {
+        log: log_config(&broker.log, configs),
+        retention_ms: parsed(configs, "retention.ms", 604_800_000),
+        retention_bytes: parsed(configs, "retention.bytes", -1),
+        cleanup_delete: has("delete"),
+        cleanup_compact: has("compact"),
+        delete_retention_ms: parsed(configs, "delete.retention.ms", 86_400_000),
+        max_message_bytes: parsed(configs, "max.message.bytes", 1_048_588),
+        min_insync_replicas: parsed(
+            configs,
+            "min.insync.replicas",
+            usize::try_from(broker.min_insync_replicas).unwrap_or(1),
+        ),
+        log_append_time: configs
+            .get("message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime"),
+    }
+}
+
 /// The log settings of a topic: broker defaults with the topic's overrides applied.
 pub fn log_config(broker: &LogConfig, configs: &BTreeMap<String, String>) -> LogConfig {
     let mut out = *broker;
