@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError;
 use openraft::BasicNode;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cluster::metadata::ConfigTarget;
 use crate::cluster::metadata::{
     BrokerInfo, ClusterState, Endpoint, MetaCommand, PartitionReport, PartitionState, Rejection,
 };
@@ -25,7 +26,7 @@ use crate::partition::{Partition, PartitionEnv, PartitionSpec};
 use crate::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
 use crate::sequencer::{LocalSequencer, Sequencer, SequencerClient};
 use crate::storage::meta::{MetaError, MetaStore, TopicRecord};
-use crate::topic_config;
+use crate::topic_config::{self, ConfigOp, DynamicConfigs};
 
 /// How long topic creation waits for the new partitions to elect leaders.
 const LEADERSHIP_WAIT: Duration = Duration::from_secs(10);
@@ -69,6 +70,8 @@ pub enum BrokerError {
     Cluster(#[from] ClusterError),
     #[error("the cluster did not apply the change in time")]
     Timeout,
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 pub struct Topic {
@@ -137,6 +140,8 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// The group coordinator (consumer groups), set by `group::offsets_topic::start`.
     pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
+    /// The dynamic broker configs the local partitions' settings were computed with.
+    applied_dynamic: std::sync::Mutex<DynamicConfigs>,
 }
 
 impl Broker {
@@ -176,6 +181,7 @@ impl Broker {
             topics: RwLock::new(BTreeMap::new()),
             sequencer: client,
             admin: tokio::sync::Mutex::new(()),
+            applied_dynamic: std::sync::Mutex::new(DynamicConfigs::new()),
             groups: std::sync::OnceLock::new(),
         });
         let state = broker.cluster.state();
@@ -249,10 +255,21 @@ impl Broker {
                 self.drop_topic(&topic).await;
             }
         }
+        let dynamic_changed = self.applied_dynamic() != state.broker_configs;
         for t in state.topics.values() {
             let current = self.topic(&t.record.name);
             let unchanged = current.as_ref().is_some_and(|c| c.record == t.record);
             if unchanged {
+                if let Some(c) = current.filter(|_| dynamic_changed) {
+                    let settings = topic_config::settings(
+                        &self.config,
+                        &state.broker_configs,
+                        &c.record.configs,
+                    );
+                    for p in c.partitions.iter().flatten() {
+                        p.set_settings(settings);
+                    }
+                }
                 continue;
             }
             let topic = self
@@ -260,6 +277,83 @@ impl Broker {
                 .await;
             self.insert_topic(topic);
         }
+        if dynamic_changed {
+            if let Ok(mut applied) = self.applied_dynamic.lock() {
+                *applied = state.broker_configs.clone();
+            }
+        }
+    }
+
+    /// The dynamic broker configs the local partitions run with.
+    fn applied_dynamic(&self) -> DynamicConfigs {
+        self.applied_dynamic
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// The dynamic broker configs of the cluster as this broker last applied them.
+    pub fn dynamic_configs(&self) -> DynamicConfigs {
+        self.cluster.state().broker_configs.clone()
+    }
+
+    /// AlterConfigs / IncrementalAlterConfigs: validates the change against the current
+    /// metadata, commits it through the metadata group and waits until this broker's
+    /// partitions run with it (so a request right after the answer sees the new value).
+    pub async fn alter_configs(
+        &self,
+        target: ConfigTarget,
+        replace: bool,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let state = self.cluster.state();
+        if let ConfigTarget::Broker(id) = &target {
+            let known = id.is_empty()
+                || id
+                    .parse::<i32>()
+                    .is_ok_and(|n| state.brokers.contains_key(&n) || n == self.config.broker_id());
+            if !known {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "broker '{id}' is not a broker of this cluster"
+                )));
+            }
+        }
+        let next = state
+            .altered_configs(&target, replace, &ops)
+            .map_err(config_rejection)?;
+        if validate_only {
+            return Ok(());
+        }
+        let reply = self
+            .cluster
+            .write(MetaCommand::AlterConfigs {
+                target: target.clone(),
+                replace,
+                ops,
+            })
+            .await?;
+        if let Some(r) = reply.rejected {
+            return Err(config_rejection(r));
+        }
+        let applied = match &target {
+            ConfigTarget::Topic(name) => {
+                self.wait_for(|b| {
+                    b.topic(name)
+                        .filter(|t| t.record.configs == next)
+                        .map(|_| ())
+                })
+                .await
+            }
+            ConfigTarget::Broker(id) => {
+                self.wait_for(|b| {
+                    (b.applied_dynamic().get(id).cloned().unwrap_or_default() == next).then_some(())
+                })
+                .await
+            }
+        };
+        tracing::info!(target = ?target, "configs altered");
+        applied.ok_or(BrokerError::Timeout)
     }
 
     async fn open_replicas(
@@ -269,7 +363,7 @@ impl Broker {
         state: &ClusterState,
     ) -> Topic {
         let me = self.config.broker_id();
-        let settings = topic_config::settings(&self.config, &record.configs);
+        let settings = topic_config::settings(&self.config, &state.broker_configs, &record.configs);
         let env = self.env(settings);
         let mut partitions = Vec::new();
         for index in 0..record.partitions {
@@ -768,6 +862,13 @@ fn nth(states: &[PartitionState], index: i32) -> Option<PartitionState> {
         .ok()
         .and_then(|i| states.get(i))
         .cloned()
+}
+
+fn config_rejection(r: Rejection) -> BrokerError {
+    match r {
+        Rejection::Invalid(m) => BrokerError::InvalidConfig(m),
+        other => rejection(other),
+    }
 }
 
 fn rejection(r: Rejection) -> BrokerError {

@@ -195,11 +195,18 @@ impl Partition {
         }
     }
 
-    /// Takes new settings after the topic's configs changed.
+    /// Takes new settings after the topic's (or the broker's dynamic) configs changed; the
+    /// log rolls by the new segment.bytes/segment.ms from its next append.
     pub fn set_settings(&self, settings: TopicSettings) {
+        let changed_log = self.settings().log != settings.log;
         match self.settings.write() {
             Ok(mut s) => *s = settings,
             Err(poisoned) => *poisoned.into_inner() = settings,
+        }
+        if changed_log {
+            if let Ok(mut shared) = self.log.write() {
+                shared.log.set_config(settings.log);
+            }
         }
     }
 

@@ -1,8 +1,9 @@
-//! Topic configs: the names the broker knows, their defaults, and which ones act today.
+//! Topic and dynamic broker configs: the names the broker knows, their defaults, where a value
+//! comes from (Kafka's precedence), and the settings a partition acts on.
 //!
-//! segment.bytes and segment.ms shape each partition log now. The other names are accepted,
-//! stored and reported with Kafka's defaults so clients that check them (Kafka Connect reads
-//! cleanup.policy) work; retention, compaction and validation limits act in the configs issue.
+//! A topic config's value is, in order: the topic's override, the dynamic config of this
+//! broker, the cluster-wide dynamic default (both set with AlterConfigs on a BROKER resource
+//! and replicated by the metadata group), the broker's static flag, Kafka's default.
 
 use std::collections::BTreeMap;
 
@@ -149,22 +150,269 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     },
 ];
 
-/// Kafka's defaults, with the log settings this broker was started with.
-pub fn default_value(name: &str, broker: &BrokerConfig) -> Option<String> {
+/// Kafka's defaults of the topic configs (before any broker setting).
+pub fn kafka_default(name: &str) -> Option<&'static str> {
     Some(match name {
-        "cleanup.policy" => "delete".into(),
-        "compression.type" => "producer".into(),
-        "delete.retention.ms" => "86400000".into(),
-        "max.message.bytes" => "1048588".into(),
-        "message.timestamp.type" => "CreateTime".into(),
-        "min.insync.replicas" => "1".into(),
-        "retention.bytes" => "-1".into(),
-        "retention.ms" => "604800000".into(),
-        "segment.bytes" => broker.log.segment_bytes.to_string(),
-        "segment.ms" => broker.log.segment_ms.to_string(),
-        "unclean.leader.election.enable" => "false".into(),
+        "cleanup.policy" => "delete",
+        "compression.type" => "producer",
+        "delete.retention.ms" => "86400000",
+        "max.message.bytes" => "1048588",
+        "message.timestamp.type" => "CreateTime",
+        "min.insync.replicas" => "1",
+        "retention.bytes" => "-1",
+        "retention.ms" => "604800000",
+        "segment.bytes" => "1073741824",
+        "segment.ms" => "604800000",
+        "unclean.leader.election.enable" => "false",
         _ => return None,
     })
+}
+
+/// The broker-level name of each topic config (Kafka's synonyms); these are the broker
+/// configs that AlterConfigs may change at run time.
+pub const BROKER_SYNONYMS: &[(&str, &str)] = &[
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("compression.type", "compression.type"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// The broker-level synonym of a topic config.
+pub fn broker_name(topic_name: &str) -> Option<&'static str> {
+    BROKER_SYNONYMS
+        .iter()
+        .find(|(t, _)| *t == topic_name)
+        .map(|(_, b)| *b)
+}
+
+/// The topic config a dynamic broker config stands for.
+pub fn topic_name_of(broker_name: &str) -> Option<&'static str> {
+    BROKER_SYNONYMS
+        .iter()
+        .find(|(_, b)| *b == broker_name)
+        .map(|(t, _)| *t)
+}
+
+/// The value the broker was started with, for configs that have a flag.
+pub fn static_value(topic_name: &str, broker: &BrokerConfig) -> Option<String> {
+    Some(match topic_name {
+        "segment.bytes" => broker.log.segment_bytes.to_string(),
+        "segment.ms" => broker.log.segment_ms.to_string(),
+        "min.insync.replicas" => broker.min_insync_replicas.to_string(),
+        _ => return None,
+    })
+}
+
+/// Dynamic broker configs as the metadata group holds them: resource name ("" for the
+/// cluster-wide default, else a broker id) → broker config name → value.
+pub type DynamicConfigs = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Where a config value comes from (Kafka's DescribeConfigs config_source codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Topic = 1,
+    DynamicBroker = 2,
+    DynamicDefault = 3,
+    StaticBroker = 4,
+    Default = 5,
+}
+
+/// One candidate value of a config: its value, where it comes from and under which name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synonym {
+    pub name: String,
+    pub value: String,
+    pub source: Source,
+}
+
+/// Every value that applies to topic config `name`, highest precedence first; the first one
+/// is in effect. `overrides` is None when describing a broker (no topic level).
+pub fn synonyms(
+    name: &str,
+    overrides: Option<&BTreeMap<String, String>>,
+    dynamic: &DynamicConfigs,
+    broker: &BrokerConfig,
+) -> Vec<Synonym> {
+    let mut out = Vec::new();
+    if let Some(v) = overrides.and_then(|o| o.get(name)) {
+        out.push(Synonym {
+            name: name.to_string(),
+            value: v.clone(),
+            source: Source::Topic,
+        });
+    }
+    let Some(bname) = broker_name(name) else {
+        return out;
+    };
+    let dynamic_at = |resource: &str, source| {
+        dynamic
+            .get(resource)
+            .and_then(|m| m.get(bname))
+            .map(|v| Synonym {
+                name: bname.to_string(),
+                value: v.clone(),
+                source,
+            })
+    };
+    out.extend(dynamic_at(
+        &broker.broker_id().to_string(),
+        Source::DynamicBroker,
+    ));
+    out.extend(dynamic_at("", Source::DynamicDefault));
+    if let Some(v) = static_value(name, broker) {
+        out.push(Synonym {
+            name: bname.to_string(),
+            value: v,
+            source: Source::StaticBroker,
+        });
+    }
+    if let Some(v) = kafka_default(name) {
+        out.push(Synonym {
+            name: bname.to_string(),
+            value: v.to_string(),
+            source: Source::Default,
+        });
+    }
+    out
+}
+
+/// The value of topic config `name` in effect for a topic with `overrides`.
+pub fn effective(
+    name: &str,
+    overrides: &BTreeMap<String, String>,
+    dynamic: &DynamicConfigs,
+    broker: &BrokerConfig,
+) -> Option<String> {
+    synonyms(name, Some(overrides), dynamic, broker)
+        .into_iter()
+        .next()
+        .map(|s| s.value)
+}
+
+/// One change of an AlterConfigs / IncrementalAlterConfigs request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConfigOp {
+    Set(String, String),
+    Delete(String),
+    /// Adds items to a list config (cleanup.policy) unless present.
+    Append(String, String),
+    /// Removes items from a list config.
+    Subtract(String, String),
+}
+
+impl ConfigOp {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Set(n, _) | Self::Delete(n) | Self::Append(n, _) | Self::Subtract(n, _) => n,
+        }
+    }
+}
+
+fn is_list(name: &str) -> bool {
+    name == "cleanup.policy" || name == "log.cleanup.policy"
+}
+
+fn list_items(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Applies `ops` to a config set (`replace`: start from an empty set, as AlterConfigs does).
+/// APPEND/SUBTRACT start from `current_value(name)`, the value in effect, as Kafka does.
+pub fn apply_ops(
+    current: &BTreeMap<String, String>,
+    replace: bool,
+    ops: &[ConfigOp],
+    current_value: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = if replace {
+        BTreeMap::new()
+    } else {
+        current.clone()
+    };
+    for op in ops {
+        let name = op.name();
+        if matches!(op, ConfigOp::Append(..) | ConfigOp::Subtract(..)) && !is_list(name) {
+            return Err(format!(
+                "'{name}' is not a list: APPEND and SUBTRACT need a list config"
+            ));
+        }
+        match op {
+            ConfigOp::Set(n, v) => {
+                out.insert(n.clone(), v.clone());
+            }
+            ConfigOp::Delete(n) => {
+                out.remove(n);
+            }
+            ConfigOp::Append(n, v) => {
+                let base = out
+                    .get(n)
+                    .cloned()
+                    .or_else(|| current_value(n))
+                    .unwrap_or_default();
+                let mut items = list_items(&base);
+                for item in list_items(v) {
+                    if !items.contains(&item) {
+                        items.push(item);
+                    }
+                }
+                out.insert(n.clone(), items.join(","));
+            }
+            ConfigOp::Subtract(n, v) => {
+                let base = out
+                    .get(n)
+                    .cloned()
+                    .or_else(|| current_value(n))
+                    .unwrap_or_default();
+                let gone = list_items(v);
+                let items: Vec<String> = list_items(&base)
+                    .into_iter()
+                    .filter(|i| !gone.contains(i))
+                    .collect();
+                out.insert(n.clone(), items.join(","));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks names and values of dynamic broker configs (the broker-level synonyms).
+pub fn validate_broker(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in configs {
+        let topic = topic_name_of(name).ok_or_else(|| {
+            format!(
+                "'{name}' cannot be changed at run time (dynamic broker configs: {})",
+                dynamic_names()
+            )
+        })?;
+        let def = TOPIC_CONFIGS
+            .iter()
+            .find(|d| d.name == topic)
+            .ok_or_else(|| format!("unknown config '{name}'"))?;
+        (def.check)(value).map_err(|e| format!("invalid value for '{name}': {e}"))?;
+    }
+    Ok(())
+}
+
+fn dynamic_names() -> String {
+    BROKER_SYNONYMS
+        .iter()
+        .map(|(_, b)| *b)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks names and values of topic config overrides.
@@ -210,9 +458,22 @@ fn parsed<T: std::str::FromStr>(configs: &BTreeMap<String, String>, name: &str, 
         .unwrap_or(default)
 }
 
-/// A topic's settings: its overrides, else the broker's defaults (Kafka's where the broker has
-/// no flag).
-pub fn settings(broker: &BrokerConfig, configs: &BTreeMap<String, String>) -> TopicSettings {
+/// A topic's settings: each config's value in effect (see `synonyms` for the precedence).
+pub fn settings(
+    broker: &BrokerConfig,
+    dynamic: &DynamicConfigs,
+    overrides: &BTreeMap<String, String>,
+) -> TopicSettings {
+    let configs: BTreeMap<String, String> = TOPIC_CONFIGS
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.name.to_string(),
+                effective(d.name, overrides, dynamic, broker)?,
+            ))
+        })
+        .collect();
+    let configs = &configs;
     let policy = configs
         .get("cleanup.policy")
         .map_or("delete", String::as_str);
@@ -262,6 +523,102 @@ mod tests {
         let mut u = BTreeMap::new();
         u.insert("no.such".to_string(), "1".to_string());
         assert!(validate(&u).unwrap_err().contains("no.such"));
+    }
+
+    fn broker() -> BrokerConfig {
+        use clap::Parser;
+        BrokerConfig::from_args(crate::config::Args::parse_from([
+            "broker",
+            "--node-id",
+            "2",
+        ]))
+        .expect("config")
+    }
+
+    #[test]
+    fn precedence_is_topic_then_this_broker_then_cluster_then_static_then_default() {
+        let b = broker();
+        let mut dynamic = DynamicConfigs::new();
+        let mut topic = BTreeMap::new();
+        let first = |topic: &BTreeMap<String, String>, d: &DynamicConfigs| {
+            synonyms("retention.ms", Some(topic), d, &b)[0].clone()
+        };
+        assert_eq!(first(&topic, &dynamic).source, Source::Default);
+        assert_eq!(first(&topic, &dynamic).value, "604800000");
+        dynamic.insert(
+            "".into(),
+            [("log.retention.ms".to_string(), "3".to_string())].into(),
+        );
+        assert_eq!(first(&topic, &dynamic).source, Source::DynamicDefault);
+        // Another broker's dynamic config does not apply here.
+        dynamic.insert(
+            "7".into(),
+            [("log.retention.ms".to_string(), "9".to_string())].into(),
+        );
+        assert_eq!(first(&topic, &dynamic).value, "3");
+        dynamic.insert(
+            "2".into(),
+            [("log.retention.ms".to_string(), "2".to_string())].into(),
+        );
+        assert_eq!(first(&topic, &dynamic).source, Source::DynamicBroker);
+        topic.insert("retention.ms".into(), "1".into());
+        let all = synonyms("retention.ms", Some(&topic), &dynamic, &b);
+        let sources: Vec<Source> = all.iter().map(|s| s.source).collect();
+        assert_eq!(
+            sources,
+            vec![
+                Source::Topic,
+                Source::DynamicBroker,
+                Source::DynamicDefault,
+                Source::Default
+            ]
+        );
+        assert_eq!(all[1].name, "log.retention.ms");
+        // Settings take the value in effect; segment.bytes has a static flag.
+        assert_eq!(settings(&b, &dynamic, &topic).retention_ms, 1);
+        let seg = synonyms("segment.bytes", Some(&BTreeMap::new()), &dynamic, &b);
+        assert_eq!(seg[0].source, Source::StaticBroker);
+    }
+
+    #[test]
+    fn incremental_ops_on_lists_and_scalars() {
+        let current: BTreeMap<String, String> =
+            [("retention.ms".to_string(), "5".to_string())].into();
+        let default = |_: &str| Some("delete".to_string());
+        let out = apply_ops(
+            &current,
+            false,
+            &[
+                ConfigOp::Append("cleanup.policy".into(), "compact,delete".into()),
+                ConfigOp::Delete("retention.ms".into()),
+            ],
+            default,
+        )
+        .expect("valid");
+        assert_eq!(out["cleanup.policy"], "delete,compact");
+        assert!(!out.contains_key("retention.ms"));
+        let err = apply_ops(
+            &current,
+            false,
+            &[ConfigOp::Subtract("retention.ms".into(), "5".into())],
+            default,
+        );
+        assert!(err.unwrap_err().contains("not a list"));
+        let replaced = apply_ops(
+            &current,
+            true,
+            &[ConfigOp::Set("segment.ms".into(), "10".into())],
+            default,
+        )
+        .expect("valid");
+        assert_eq!(replaced.len(), 1);
+        assert!(
+            validate_broker(&[("log.retention.ms".to_string(), "x".to_string())].into()).is_err()
+        );
+        assert!(
+            validate_broker(&[("log.retention.ms".to_string(), "10".to_string())].into()).is_ok()
+        );
+        assert!(validate_broker(&[("retention.ms".to_string(), "10".to_string())].into()).is_err());
     }
 
     #[test]

@@ -13,10 +13,6 @@ use kafka_protocol::ResponseError;
 use crate::broker::{Broker, BrokerError};
 use crate::topic_config;
 
-/// DescribeConfigs/CreateTopics config source: default config.
-const SOURCE_DEFAULT: i8 = 5;
-const SOURCE_TOPIC: i8 = 1;
-
 pub async fn handle(
     broker: &Arc<Broker>,
     req: CreateTopicsRequest,
@@ -134,25 +130,27 @@ pub fn error_code(e: &BrokerError) -> i16 {
             ResponseError::KafkaStorageError.code()
         }
         BrokerError::Cluster(_) | BrokerError::Timeout => ResponseError::RequestTimedOut.code(),
+        BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest.code(),
     }
 }
 
 /// Every topic config with its effective value, as CreateTopics v5+ reports them.
 fn describe(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
+    let dynamic = broker.dynamic_configs();
     topic_config::TOPIC_CONFIGS
         .iter()
         .map(|def| {
-            let (value, source) = match overrides.get(def.name) {
-                Some(v) => (Some(v.clone()), SOURCE_TOPIC),
-                None => (
-                    topic_config::default_value(def.name, &broker.config),
-                    SOURCE_DEFAULT,
-                ),
-            };
+            let first = topic_config::synonyms(def.name, Some(overrides), &dynamic, &broker.config)
+                .into_iter()
+                .next();
             CreatableTopicConfigs::default()
                 .with_name(StrBytes::from_static_str(def.name))
-                .with_value(value.map(StrBytes::from_string))
-                .with_config_source(source)
+                .with_value(
+                    first
+                        .as_ref()
+                        .map(|s| StrBytes::from_string(s.value.clone())),
+                )
+                .with_config_source(first.map_or(5, |s| s.source as i8))
         })
         .collect()
 }

@@ -1,4 +1,5 @@
-//! DescribeConfigs: every topic or broker config with its value, default flag and source.
+//! DescribeConfigs: every topic or broker config with its value in effect, where it comes
+//! from and (v1+, on request) every synonym in precedence order, as Kafka reports them.
 
 use std::sync::Arc;
 
@@ -11,21 +12,18 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Broker;
 use crate::config::FlushPolicy;
-use crate::topic_config::{self, ConfigType};
+use crate::topic_config::{self, ConfigType, Source, Synonym};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 
 struct Entry {
     name: &'static str,
-    value: String,
-    source: i8,
     read_only: bool,
     config_type: ConfigType,
     doc: &'static str,
+    /// Highest precedence first; the first is the value in effect.
+    synonyms: Vec<Synonym>,
 }
 
 pub async fn handle(
@@ -37,7 +35,7 @@ pub async fn handle(
     for r in req.resources {
         let name = r.resource_name.as_str().to_string();
         let entries = match r.resource_type {
-            RESOURCE_TOPIC => match broker.topic(&name) {
+            RESOURCE_TOPIC => match broker.cluster.state().topics.get(&name) {
                 Some(topic) => Ok(topic_entries(broker, &topic.record.configs)),
                 None => Err((
                     ResponseError::UnknownTopicOrPartition,
@@ -81,20 +79,26 @@ pub async fn handle(
 }
 
 fn to_result(e: Entry, version: i16, synonyms: bool, docs: bool) -> DescribeConfigsResourceResult {
-    let value = StrBytes::from_string(e.value);
+    let first = e.synonyms.first();
     let mut out = DescribeConfigsResourceResult::default()
         .with_name(StrBytes::from_static_str(e.name))
-        .with_value(Some(value.clone()))
+        .with_value(first.map(|s| StrBytes::from_string(s.value.clone())))
         .with_read_only(e.read_only)
-        .with_config_source(e.source);
+        .with_config_source(first.map_or(Source::Default, |s| s.source) as i8);
     if version >= 3 {
         out.config_type = e.config_type as i8;
     }
     if version >= 1 && synonyms {
-        out.synonyms = vec![DescribeConfigsSynonym::default()
-            .with_name(StrBytes::from_static_str(e.name))
-            .with_value(Some(value))
-            .with_source(e.source)];
+        out.synonyms = e
+            .synonyms
+            .iter()
+            .map(|s| {
+                DescribeConfigsSynonym::default()
+                    .with_name(StrBytes::from_string(s.name.clone()))
+                    .with_value(Some(StrBytes::from_string(s.value.clone())))
+                    .with_source(s.source as i8)
+            })
+            .collect();
     }
     if version >= 3 && docs {
         out.documentation = Some(StrBytes::from_static_str(e.doc));
@@ -106,43 +110,57 @@ fn topic_entries(
     broker: &Broker,
     overrides: &std::collections::BTreeMap<String, String>,
 ) -> Vec<Entry> {
+    let dynamic = broker.dynamic_configs();
     topic_config::TOPIC_CONFIGS
         .iter()
-        .map(|def| {
-            let (value, source) = match overrides.get(def.name) {
-                Some(v) => (v.clone(), SOURCE_TOPIC),
-                None => (
-                    topic_config::default_value(def.name, &broker.config).unwrap_or_default(),
-                    SOURCE_DEFAULT,
-                ),
-            };
-            Entry {
-                name: def.name,
-                value,
-                source,
+        .map(|def| Entry {
+            name: def.name,
+            read_only: false,
+            config_type: def.config_type,
+            doc: def.doc,
+            synonyms: topic_config::synonyms(def.name, Some(overrides), &dynamic, &broker.config),
+        })
+        .collect()
+}
+
+/// The dynamic broker configs (defaults of the topic configs), with their synonyms.
+fn dynamic_broker_entries(broker: &Broker) -> Vec<Entry> {
+    let dynamic = broker.dynamic_configs();
+    topic_config::BROKER_SYNONYMS
+        .iter()
+        .filter_map(|(topic, name)| {
+            let def = topic_config::TOPIC_CONFIGS
+                .iter()
+                .find(|d| d.name == *topic)?;
+            Some(Entry {
+                name,
                 read_only: false,
                 config_type: def.config_type,
                 doc: def.doc,
-            }
+                synonyms: topic_config::synonyms(topic, None, &dynamic, &broker.config),
+            })
         })
         .collect()
 }
 
 fn broker_entries(broker: &Broker) -> Vec<Entry> {
     let c = &broker.config;
-    let fixed = |name, value: String, config_type, doc| Entry {
+    let fixed = |name: &'static str, value: String, config_type, doc| Entry {
         name,
-        value,
-        source: SOURCE_STATIC_BROKER,
         read_only: true,
         config_type,
         doc,
+        synonyms: vec![Synonym {
+            name: name.to_string(),
+            value,
+            source: Source::StaticBroker,
+        }],
     };
     let flush = match c.log.flush_policy {
         FlushPolicy::Always => "1".to_string(),
         FlushPolicy::Interval => i64::MAX.to_string(),
     };
-    vec![
+    let mut out = vec![
         fixed(
             "broker.id",
             c.broker_id().to_string(),
@@ -180,18 +198,6 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             "create topics named in Metadata requests",
         ),
         fixed(
-            "log.segment.bytes",
-            c.log.segment_bytes.to_string(),
-            ConfigType::Int,
-            "segment roll size",
-        ),
-        fixed(
-            "log.roll.ms",
-            c.log.segment_ms.to_string(),
-            ConfigType::Long,
-            "segment roll age",
-        ),
-        fixed(
             "log.index.interval.bytes",
             c.log.index_interval_bytes.to_string(),
             ConfigType::Int,
@@ -223,15 +229,11 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
         ),
         fixed(
             "default.replication.factor",
-            "1".into(),
+            c.default_replication_factor.to_string(),
             ConfigType::Int,
             "replicas of auto-created topics",
         ),
-        fixed(
-            "message.max.bytes",
-            "1048588".into(),
-            ConfigType::Int,
-            "default max.message.bytes of topics",
-        ),
-    ]
+    ];
+    out.extend(dynamic_broker_entries(broker));
+    out
 }

@@ -1,6 +1,7 @@
 //! One handler per Kafka API. Each takes the decoded request and returns the response body;
 //! this module decodes, dispatches, encodes and times them.
 
+mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -8,6 +9,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod incremental_alter_configs;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -122,6 +124,8 @@ pub async fn start(
         ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
         ApiKey::DescribeCluster => serve!(describe_cluster),
         ApiKey::DescribeConfigs => serve!(describe_configs),
+        ApiKey::AlterConfigs => serve!(alter_configs),
+        ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
         ApiKey::FindCoordinator => serve!(find_coordinator),
         ApiKey::JoinGroup => serve_client!(join_group),
         ApiKey::SyncGroup => serve!(sync_group),
@@ -171,6 +175,8 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::FindCoordinator => "FindCoordinator",

@@ -17,12 +17,11 @@ use crate::partition::{Acks, AppendError};
 use crate::storage::batch::{self, BatchError};
 use crate::storage::records::RecordsError;
 
-/// Kafka's default max.message.bytes.
-const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
 /// Upper bound on a produce request's own timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-type Pending = Result<oneshot::Receiver<Result<i64, AppendError>>, i16>;
+/// The append's acknowledgement and the log append time given to the batch (-1: CreateTime).
+type Pending = Result<(oneshot::Receiver<Result<i64, AppendError>>, i64), i16>;
 
 /// A produce request whose batches are queued at their partitions, awaiting acknowledgement.
 pub struct Queued {
@@ -94,16 +93,22 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
     let mut resp = ProduceResponse::default();
     for (mut head, parts) in queued {
         for (index, pending) in parts {
+            let mut append_time = -1;
             let result = match pending {
                 Err(code) => Err(code),
-                Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                    Err(_) => Err(ResponseError::RequestTimedOut.code()),
-                    Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
-                    Ok(Ok(r)) => r.map_err(append_error_code),
-                },
+                Ok((rx, time)) => {
+                    append_time = time;
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Err(_) => Err(ResponseError::RequestTimedOut.code()),
+                        Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
+                        Ok(Ok(r)) => r.map_err(append_error_code),
+                    }
+                }
             };
-            head.partition_responses
-                .push(partition_response(broker, index, result, version));
+            head.partition_responses.push(
+                partition_response(broker, index, result, version)
+                    .with_log_append_time_ms(append_time),
+            );
         }
         resp.responses.push(head);
     }
@@ -145,13 +150,8 @@ async fn queue(
         return Err(ResponseError::InvalidTopicException.code());
     }
     let records = records.ok_or(ResponseError::InvalidRecord.code())?;
-    let max = topic
-        .record
-        .configs
-        .get("max.message.bytes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    if records.len() > max {
+    let settings = partition.settings();
+    if records.len() > settings.max_message_bytes {
         return Err(ResponseError::MessageTooLarge.code());
     }
     let header = batch::verify_produce_records(&records).map_err(|e| {
@@ -164,7 +164,7 @@ async fn queue(
     })?;
     let count =
         u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
-    if acks == Acks::All && partition.in_sync_count() < min_insync_replicas(broker, topic) {
+    if acks == Acks::All && partition.in_sync_count() < settings.min_insync_replicas {
         return Err(ResponseError::NotEnoughReplicas.code());
     }
     let name = topic.record.name.as_str();
@@ -179,21 +179,19 @@ async fn queue(
         .with_label_values(&[name])
         .inc_by(count);
     // The request's buffer is shared; the stamped copy is the one that is stored.
-    let owned = BytesMut::from(&records[..]);
+    let mut owned = BytesMut::from(&records[..]);
+    let append_time = if settings.log_append_time {
+        let now = crate::raft::log_store::now_ms();
+        batch::set_log_append_time(&mut owned, now);
+        now
+    } else {
+        -1
+    };
     partition
         .enqueue(owned, count, acks)
         .await
+        .map(|rx| (rx, append_time))
         .map_err(append_error_code)
-}
-
-/// The topic's min.insync.replicas, else the broker's.
-fn min_insync_replicas(broker: &Broker, topic: &Topic) -> usize {
-    topic
-        .record
-        .configs
-        .get("min.insync.replicas")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(broker.config.min_insync_replicas as usize)
 }
 
 fn batch_error_code(e: &BatchError) -> i16 {

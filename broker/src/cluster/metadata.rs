@@ -8,6 +8,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::meta::TopicRecord;
+use crate::topic_config::{self, ConfigOp, DynamicConfigs};
 
 openraft::declare_raft_types!(
     /// Types of the cluster metadata Raft group.
@@ -68,6 +69,22 @@ pub enum MetaCommand {
         configs: BTreeMap<String, String>,
     },
     PartitionStates(Vec<PartitionReport>),
+    /// AlterConfigs (`replace`: the ops form the whole new set) and IncrementalAlterConfigs
+    /// on a topic or on the dynamic broker configs. Applied atomically, so concurrent
+    /// incremental changes of different keys do not overwrite each other.
+    AlterConfigs {
+        target: ConfigTarget,
+        replace: bool,
+        ops: Vec<ConfigOp>,
+    },
+}
+
+/// What an AlterConfigs command changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigTarget {
+    Topic(String),
+    /// Dynamic broker configs: "" = the cluster-wide default, else a broker id.
+    Broker(String),
 }
 
 /// Why a command changed nothing.
@@ -106,6 +123,9 @@ pub struct ClusterState {
     pub cluster_id: Option<String>,
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, TopicState>,
+    /// Dynamic broker configs (AlterConfigs on BROKER resources).
+    #[serde(default)]
+    pub broker_configs: DynamicConfigs,
 }
 
 fn unreported(n: usize) -> Vec<PartitionState> {
@@ -148,8 +168,69 @@ impl ClusterState {
                 }
                 None
             }
+            MetaCommand::AlterConfigs {
+                target,
+                replace,
+                ops,
+            } => self.alter_configs(target, *replace, ops),
         };
         MetaReply { rejected }
+    }
+
+    /// The config set `target` would have after `ops`, validated; what AlterConfigs stores.
+    pub fn altered_configs(
+        &self,
+        target: &ConfigTarget,
+        replace: bool,
+        ops: &[ConfigOp],
+    ) -> Result<BTreeMap<String, String>, Rejection> {
+        let none = BTreeMap::new();
+        let current = match target {
+            ConfigTarget::Topic(name) => match self.topics.get(name) {
+                Some(t) => &t.record.configs,
+                None => return Err(Rejection::UnknownTopic(name.clone())),
+            },
+            ConfigTarget::Broker(id) => self.broker_configs.get(id).unwrap_or(&none),
+        };
+        // APPEND/SUBTRACT of a key without a value here start from the Kafka default.
+        let default = |name: &str| {
+            let topic_name = topic_config::topic_name_of(name).unwrap_or(name);
+            topic_config::kafka_default(topic_name).map(String::from)
+        };
+        let next =
+            topic_config::apply_ops(current, replace, ops, default).map_err(Rejection::Invalid)?;
+        match target {
+            ConfigTarget::Topic(_) => topic_config::validate(&next),
+            ConfigTarget::Broker(_) => topic_config::validate_broker(&next),
+        }
+        .map_err(Rejection::Invalid)?;
+        Ok(next)
+    }
+
+    fn alter_configs(
+        &mut self,
+        target: &ConfigTarget,
+        replace: bool,
+        ops: &[ConfigOp],
+    ) -> Option<Rejection> {
+        let next = match self.altered_configs(target, replace, ops) {
+            Ok(n) => n,
+            Err(r) => return Some(r),
+        };
+        match target {
+            ConfigTarget::Topic(name) => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.record.configs = next;
+                }
+            }
+            ConfigTarget::Broker(id) if next.is_empty() => {
+                self.broker_configs.remove(id);
+            }
+            ConfigTarget::Broker(id) => {
+                self.broker_configs.insert(id.clone(), next);
+            }
+        }
+        None
     }
 
     fn create_topic(&mut self, record: &TopicRecord) -> Option<Rejection> {
@@ -272,6 +353,90 @@ mod tests {
             configs: BTreeMap::new(),
             replicas,
         })
+    }
+
+    fn alter(target: ConfigTarget, replace: bool, ops: Vec<ConfigOp>) -> MetaCommand {
+        MetaCommand::AlterConfigs {
+            target,
+            replace,
+            ops,
+        }
+    }
+
+    #[test]
+    fn alter_configs_replace_increment_and_validate() {
+        let mut s = three_brokers();
+        s.apply(&topic("t", 1, vec![vec![1]]));
+        let t = || ConfigTarget::Topic("t".into());
+        let set = |n: &str, v: &str| ConfigOp::Set(n.into(), v.into());
+        let configs = |s: &ClusterState| s.topics["t"].record.configs.clone();
+        assert!(s
+            .apply(&alter(t(), false, vec![set("retention.ms", "1000")]))
+            .rejected
+            .is_none());
+        // Incremental: other keys stay.
+        s.apply(&alter(t(), false, vec![set("segment.bytes", "4096")]));
+        assert_eq!(configs(&s).len(), 2);
+        // APPEND to a list starts from the default ("delete").
+        s.apply(&alter(
+            t(),
+            false,
+            vec![ConfigOp::Append("cleanup.policy".into(), "compact".into())],
+        ));
+        assert_eq!(configs(&s)["cleanup.policy"], "delete,compact");
+        s.apply(&alter(
+            t(),
+            false,
+            vec![ConfigOp::Subtract("cleanup.policy".into(), "delete".into())],
+        ));
+        assert_eq!(configs(&s)["cleanup.policy"], "compact");
+        // APPEND on a non-list, bad values and unknown names change nothing.
+        let before = configs(&s);
+        for bad in [
+            ConfigOp::Append("retention.ms".into(), "1".into()),
+            set("retention.ms", "soon"),
+            set("no.such.config", "1"),
+        ] {
+            let r = s.apply(&alter(t(), false, vec![bad.clone()]));
+            assert!(matches!(r.rejected, Some(Rejection::Invalid(_))), "{bad:?}");
+            assert_eq!(configs(&s), before);
+        }
+        // Replace: only what the request names remains.
+        s.apply(&alter(t(), true, vec![set("retention.bytes", "10")]));
+        assert_eq!(
+            configs(&s).keys().collect::<Vec<_>>(),
+            vec!["retention.bytes"]
+        );
+        let r = s.apply(&alter(ConfigTarget::Topic("nope".into()), false, vec![]));
+        assert_eq!(r.rejected, Some(Rejection::UnknownTopic("nope".into())));
+    }
+
+    #[test]
+    fn dynamic_broker_configs_take_broker_names_only() {
+        let mut s = three_brokers();
+        let b = |id: &str| ConfigTarget::Broker(id.into());
+        let set = |n: &str, v: &str| ConfigOp::Set(n.into(), v.into());
+        assert!(s
+            .apply(&alter(b(""), false, vec![set("log.retention.ms", "5000")]))
+            .rejected
+            .is_none());
+        assert!(s
+            .apply(&alter(b("2"), false, vec![set("message.max.bytes", "100")]))
+            .rejected
+            .is_none());
+        assert_eq!(s.broker_configs[""]["log.retention.ms"], "5000");
+        // The topic name is not a broker config; static-only configs are refused.
+        for name in ["retention.ms", "broker.id", "log.dirs"] {
+            let r = s.apply(&alter(b(""), false, vec![set(name, "1")]));
+            assert!(matches!(r.rejected, Some(Rejection::Invalid(_))), "{name}");
+        }
+        // Deleting the last key forgets the resource.
+        s.apply(&alter(
+            b("2"),
+            false,
+            vec![ConfigOp::Delete("message.max.bytes".into())],
+        ));
+        assert!(!s.broker_configs.contains_key("2"));
     }
 
     fn three_brokers() -> ClusterState {

@@ -188,6 +188,8 @@ const APIS: &[Api] = &[
     api(20, 1, 6, 4, &DELETE_TOPICS_REQUEST),
     api(23, 2, 4, 4, &OFFSET_FOR_LEADER_EPOCH_REQUEST),
     api(32, 1, 4, 4, &DESCRIBE_CONFIGS_REQUEST),
+    api(33, 0, 2, 2, &ALTER_CONFIGS_REQUEST),
+    api(44, 0, 1, 1, &INCREMENTAL_ALTER_CONFIGS_REQUEST),
     api(37, 0, 3, 2, &CREATE_PARTITIONS_REQUEST),
     // DescribeCluster has been flexible since its first version.
     api(60, 0, 2, 0, &DESCRIBE_CLUSTER_REQUEST),
@@ -368,6 +370,37 @@ const DESCRIBE_CONFIGS_REQUEST: Layout = fields(&[
     Field::new("resources", Array(&DESCRIBE_CONFIGS_RESOURCE)),
     Field::new("include_synonyms", Bool),
     Field::new("include_documentation", Bool).since(3),
+]);
+
+// AlterConfigs (33)
+const ALTERABLE_CONFIG: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("value", NullableString),
+]));
+const ALTER_CONFIGS_RESOURCE: Ty = Struct(&fields(&[
+    Field::new("resource_type", Int8),
+    Field::new("resource_name", String),
+    Field::new("configs", Array(&ALTERABLE_CONFIG)),
+]));
+const ALTER_CONFIGS_REQUEST: Layout = fields(&[
+    Field::new("resources", Array(&ALTER_CONFIGS_RESOURCE)),
+    Field::new("validate_only", Bool),
+]);
+
+// IncrementalAlterConfigs (44)
+const INCREMENTAL_ALTERABLE_CONFIG: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("config_operation", Int8),
+    Field::new("value", NullableString),
+]));
+const INCREMENTAL_ALTER_CONFIGS_RESOURCE: Ty = Struct(&fields(&[
+    Field::new("resource_type", Int8),
+    Field::new("resource_name", String),
+    Field::new("configs", Array(&INCREMENTAL_ALTERABLE_CONFIG)),
+]));
+const INCREMENTAL_ALTER_CONFIGS_REQUEST: Layout = fields(&[
+    Field::new("resources", Array(&INCREMENTAL_ALTER_CONFIGS_RESOURCE)),
+    Field::new("validate_only", Bool),
 ]);
 
 // CreatePartitions (37)
@@ -736,9 +769,10 @@ mod tests {
     use super::*;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::{
-        api_versions_request::ApiVersionsRequest, create_partitions_request as cp,
-        create_topics_request as ct, delete_topics_request as dt, describe_cluster_request as dc,
-        describe_configs_request as dcfg, fetch_request as fe, list_offsets_request as lo,
+        alter_configs_request as acfg, api_versions_request::ApiVersionsRequest,
+        create_partitions_request as cp, create_topics_request as ct, delete_topics_request as dt,
+        describe_cluster_request as dc, describe_configs_request as dcfg, fetch_request as fe,
+        incremental_alter_configs_request as iacfg, list_offsets_request as lo,
         metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
         BrokerId, GroupId, TopicName, TransactionalId,
     };
@@ -803,6 +837,8 @@ mod tests {
             20 => len::<dt::DeleteTopicsRequest>(body, version),
             23 => len::<ofle::OffsetForLeaderEpochRequest>(body, version),
             32 => len::<dcfg::DescribeConfigsRequest>(body, version),
+            33 => len::<acfg::AlterConfigsRequest>(body, version),
+            44 => len::<iacfg::IncrementalAlterConfigsRequest>(body, version),
             37 => len::<cp::CreatePartitionsRequest>(body, version),
             60 => len::<dc::DescribeClusterRequest>(body, version),
             8 => len::<oc::OffsetCommitRequest>(body, version),
@@ -1081,6 +1117,45 @@ mod tests {
         }
     }
 
+    fn alter_configs(_v: i16) -> acfg::AlterConfigsRequest {
+        acfg::AlterConfigsRequest::default()
+            .with_resources(vec![
+                acfg::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("orders"))
+                    .with_configs(vec![
+                        acfg::AlterableConfig::default()
+                            .with_name(s("retention.ms"))
+                            .with_value(Some(s("1000"))),
+                        acfg::AlterableConfig::default()
+                            .with_name(s("cleanup.policy"))
+                            .with_value(None),
+                    ]),
+                acfg::AlterConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(s("")),
+            ])
+            .with_validate_only(true)
+    }
+
+    fn incremental_alter_configs(_v: i16) -> iacfg::IncrementalAlterConfigsRequest {
+        iacfg::IncrementalAlterConfigsRequest::default().with_resources(vec![
+            iacfg::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("orders"))
+                .with_configs(vec![
+                    iacfg::AlterableConfig::default()
+                        .with_name(s("cleanup.policy"))
+                        .with_config_operation(2)
+                        .with_value(Some(s("compact"))),
+                    iacfg::AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_config_operation(1)
+                        .with_value(None),
+                ]),
+        ])
+    }
+
     fn describe_configs(v: i16) -> dcfg::DescribeConfigsRequest {
         let req = dcfg::DescribeConfigsRequest::default()
             .with_resources(vec![
@@ -1345,6 +1420,8 @@ mod tests {
         cases.extend(cases_for(delete_topics));
         cases.extend(cases_for(offset_for_leader_epoch));
         cases.extend(cases_for(describe_configs));
+        cases.extend(cases_for(alter_configs));
+        cases.extend(cases_for(incremental_alter_configs));
         cases.extend(cases_for(create_partitions));
         cases.extend(cases_for(describe_cluster));
         cases.extend(cases_for(offset_commit));
@@ -1394,6 +1471,8 @@ mod tests {
         check::<dt::DeleteTopicsRequest>();
         check::<ofle::OffsetForLeaderEpochRequest>();
         check::<dcfg::DescribeConfigsRequest>();
+        check::<acfg::AlterConfigsRequest>();
+        check::<iacfg::IncrementalAlterConfigsRequest>();
         check::<cp::CreatePartitionsRequest>();
         check::<dc::DescribeClusterRequest>();
         check::<oc::OffsetCommitRequest>();
@@ -1407,7 +1486,7 @@ mod tests {
         check::<lgr::ListGroupsRequest>();
         check::<dg::DeleteGroupsRequest>();
         check::<od::OffsetDeleteRequest>();
-        assert_eq!(APIS.len(), 22);
+        assert_eq!(APIS.len(), 24);
         // Every served API is walked, and nothing else.
         for (key, min, max, _) in crate::protocol::SUPPORTED {
             let api = APIS.iter().find(|a| a.key == *key as i16);

@@ -25,6 +25,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4, 2),
     (ApiKey::DescribeConfigs, 1, 4, 1),
+    (ApiKey::AlterConfigs, 0, 2, 0),
+    (ApiKey::IncrementalAlterConfigs, 0, 1, 0),
     (ApiKey::CreatePartitions, 0, 3, 0),
     (ApiKey::DescribeCluster, 0, 2, 0),
     // Consumer groups (classic protocol).

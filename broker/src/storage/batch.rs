@@ -164,6 +164,24 @@ pub fn stamp(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     }
 }
 
+/// The timestamp-type attribute bit: set means LogAppendTime.
+const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
+
+/// message.timestamp.type=LogAppendTime, as Kafka does it for v2 batches: sets the
+/// timestamp-type bit and the batch's max timestamp to the broker's clock and recomputes the
+/// CRC (both fields are inside it). Consumers then report every record of the batch with that
+/// timestamp. `batch` must be exactly one whole batch.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | ATTR_LOG_APPEND_TIME;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 fn take4(buf: &[u8], at: usize) -> [u8; 4] {
     let mut out = [0u8; 4];
     out.copy_from_slice(&buf[at..at + 4]);
@@ -179,6 +197,17 @@ fn take8(buf: &[u8], at: usize) -> [u8; 8] {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn log_append_time_sets_type_and_max_timestamp_and_keeps_the_crc_valid() {
+        let mut b = make_batch(0, 3, 1_000);
+        set_log_append_time(&mut b, 1_700_000_000_000);
+        let h = parse_and_verify(&b).expect("CRC recomputed");
+        assert_eq!(h.attributes & ATTR_LOG_APPEND_TIME, ATTR_LOG_APPEND_TIME);
+        assert_eq!(h.max_timestamp, 1_700_000_000_000);
+        assert_eq!(h.base_timestamp, 1_000, "Kafka leaves the base timestamp");
+        assert_eq!(h.record_count, 3);
+    }
 
     /// Builds a valid v2 batch of `count` minimal records (not compressed) by hand, so these
     /// tests pin the byte layout independently of any codec crate.

@@ -130,6 +130,11 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// New segment settings (a topic config changed); they act from the next append.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     /// The file holding the newest data (what a flush must sync).
     pub fn active_file(&self) -> Option<Arc<File>> {
         self.segments.values().next_back().map(Segment::log_file)
