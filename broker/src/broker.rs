@@ -137,6 +137,8 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// The group coordinator (consumer groups), set by `group::offsets_topic::start`.
     pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
+    /// This broker's block of producer ids (InitProducerId).
+    pub producer_ids: crate::producer_ids::ProducerIds,
 }
 
 impl Broker {
@@ -177,6 +179,7 @@ impl Broker {
             sequencer: client,
             admin: tokio::sync::Mutex::new(()),
             groups: std::sync::OnceLock::new(),
+            producer_ids: crate::producer_ids::ProducerIds::default(),
         });
         let state = broker.cluster.state();
         broker.reconcile(&state).await;
@@ -234,6 +237,7 @@ impl Broker {
             data_arrived: Arc::clone(&self.data_arrived),
             cluster: Arc::clone(&self.cluster),
             timing: self.cluster.timing,
+            duplicates: self.metrics.produce_duplicates.clone(),
         }
     }
 

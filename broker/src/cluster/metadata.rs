@@ -68,6 +68,10 @@ pub enum MetaCommand {
         configs: BTreeMap<String, String>,
     },
     PartitionStates(Vec<PartitionReport>),
+    /// Reserves the next `count` producer ids for the broker that asks (InitProducerId).
+    AllocateProducerIds {
+        count: u32,
+    },
 }
 
 /// Why a command changed nothing.
@@ -84,6 +88,9 @@ pub enum Rejection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MetaReply {
     pub rejected: Option<Rejection>,
+    /// For AllocateProducerIds: the reserved ids, `first..end`.
+    #[serde(default)]
+    pub producer_ids: Option<(i64, i64)>,
 }
 
 /// Leader and in-sync replicas of one partition, as last reported by its leader.
@@ -106,6 +113,9 @@ pub struct ClusterState {
     pub cluster_id: Option<String>,
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, TopicState>,
+    /// The first producer id not handed out yet (ids are reserved in blocks).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 fn unreported(n: usize) -> Vec<PartitionState> {
@@ -121,6 +131,9 @@ fn unreported(n: usize) -> Vec<PartitionState> {
 
 impl ClusterState {
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaReply {
+        if let MetaCommand::AllocateProducerIds { count } = cmd {
+            return self.allocate_producer_ids(*count);
+        }
         let rejected = match cmd {
             MetaCommand::RegisterBroker { info, cluster_id } => {
                 if self.cluster_id.is_none() {
@@ -148,8 +161,33 @@ impl ClusterState {
                 }
                 None
             }
+            MetaCommand::AllocateProducerIds { .. } => None,
         };
-        MetaReply { rejected }
+        MetaReply {
+            rejected,
+            producer_ids: None,
+        }
+    }
+
+    /// Reserves `count` producer ids. Every broker applies the same entries, so each block is
+    /// handed out once in the cluster, also across restarts (the state is persisted).
+    fn allocate_producer_ids(&mut self, count: u32) -> MetaReply {
+        let first = self.next_producer_id.max(0);
+        match first.checked_add(i64::from(count)) {
+            Some(end) if count > 0 => {
+                self.next_producer_id = end;
+                MetaReply {
+                    rejected: None,
+                    producer_ids: Some((first, end)),
+                }
+            }
+            _ => MetaReply {
+                rejected: Some(Rejection::Invalid(format!(
+                    "cannot reserve {count} producer ids after {first}"
+                ))),
+                producer_ids: None,
+            },
+        }
     }
 
     fn create_topic(&mut self, record: &TopicRecord) -> Option<Rejection> {
@@ -357,6 +395,34 @@ mod tests {
         // The leader's ISR change is taken.
         s.apply(&report(2, 4, vec![1, 2, 3]));
         assert_eq!(s.topics["a"].partitions[0].isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn producer_id_blocks_are_disjoint_and_survive_a_snapshot() {
+        let mut s = three_brokers();
+        let a = s.apply(&MetaCommand::AllocateProducerIds { count: 1000 });
+        let b = s.apply(&MetaCommand::AllocateProducerIds { count: 1000 });
+        assert_eq!(a.producer_ids, Some((0, 1000)));
+        assert_eq!(b.producer_ids, Some((1000, 2000)));
+        // The state is what a snapshot holds (JSON); a restored state continues after it.
+        let mut restored: ClusterState =
+            serde_json::from_slice(&serde_json::to_vec(&s).expect("encode")).expect("decode");
+        let c = restored.apply(&MetaCommand::AllocateProducerIds { count: 5 });
+        assert_eq!(c.producer_ids, Some((2000, 2005)));
+        // A snapshot written before producer ids existed starts at 0.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"cluster_id":null,"brokers":{},"topics":{}}"#)
+                .expect("old snapshot");
+        assert_eq!(old.next_producer_id, 0);
+        // Nothing, or past the last id, is refused and changes nothing.
+        assert!(restored
+            .apply(&MetaCommand::AllocateProducerIds { count: 0 })
+            .rejected
+            .is_some());
+        restored.next_producer_id = i64::MAX - 1;
+        let r = restored.apply(&MetaCommand::AllocateProducerIds { count: 5 });
+        assert!(r.rejected.is_some() && r.producer_ids.is_none());
+        assert_eq!(restored.next_producer_id, i64::MAX - 1);
     }
 
     #[test]
