@@ -5,6 +5,7 @@ on (confluent-kafka, kafka-python 3)."""
 from __future__ import annotations
 
 import time
+import urllib.request
 
 from confluent_kafka import Producer
 from kafka import KafkaProducer
@@ -75,6 +76,15 @@ def fetch_all(port: int, topic: str) -> list[kp.Batch]:
     raise AssertionError("fetch did not reach the high watermark")
 
 
+def metric(broker, name: str) -> float:
+    url = f"http://127.0.0.1:{broker.handle.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"metric {name} not found")
+
+
 def values_of(records) -> list[bytes]:
     return [r.value for r in records]
 
@@ -128,6 +138,7 @@ def test_retried_batch_is_answered_with_its_offset_and_stored_once(broker):
         assert p.send(0, 3, [b"b3"]) == (NONE, second)
         # acks=1 retries are recognised too.
         assert p.send(0, 3, [b"b3"], acks=1) == (NONE, second)
+        assert metric(broker, "kafka_produce_duplicate_batches_total") == 3
         # A gap, and a sequence from the past that is no exact retry.
         assert p.send(0, 5, [b"gap"])[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
         assert p.send(0, 1, [b"x"])[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
@@ -203,6 +214,7 @@ def test_confluent_idempotent_producer(broker):
                 p.poll(0.05)
     assert p.flush(60) == 0
     assert not errors, errors[:5]
+    assert metric(broker, "kafka_producer_ids_issued_total") >= 1, "no InitProducerId seen"
     got = consume_all(broker.bootstrap, [(topic, q) for q in range(3)], expect=n)
     assert sorted(values_of(got)) == sorted(b"v%d" % i for i in range(n))
     # Per partition (one key = one partition) the order is the send order.
@@ -224,6 +236,7 @@ def test_kafka_python_default_idempotent_producer(broker):
         metas = [f.get(timeout=30) for f in futures]
     finally:
         p.close()
+    assert metric(broker, "kafka_producer_ids_issued_total") >= 1, "no InitProducerId seen"
     for q in range(2):
         offs = [m.offset for m in metas if m.partition == q]
         assert offs == sorted(offs) and len(set(offs)) == len(offs)
