@@ -152,3 +152,43 @@ def test_idempotent_producer_survives_leader_kill(cluster):  # noqa: F811
     again = consume_numbers(cluster.brokers[victim].bootstrap, topic, total)
     for p in range(PARTS):
         assert again[p] == consumed[p], f"partition {p} differs after the restart"
+
+
+def test_new_leader_recognises_retries_of_replicated_batches(cluster):  # noqa: F811
+    """The producer state is derived from the replicated log: after the leader is killed, the
+    new leader answers a retry of a batch the old leader stored with its original offset,
+    and keeps checking the sequence. Producer ids are unique across the brokers."""
+    from test_idempotence import (NONE, OUT_OF_ORDER_SEQUENCE_NUMBER, RawProducer, fetch_all,
+                                  init_pid)
+    ids = [init_pid(b.port)[1] for b in cluster.brokers.values() for _ in range(2)]
+    assert len(set(ids)) == len(ids) and min(ids) >= 0, f"producer ids collide: {ids}"
+    topic = "idem-raw-failover"
+    cluster.create(topic, 1)
+    pid = ids[0]
+    leader = cluster.leader(topic, 0)
+    p = RawProducer(cluster.brokers[leader].port, topic, pid)
+    try:
+        err, first = p.send(0, 0, [b"a", b"b"])
+        assert err == NONE
+        err, second = p.send(0, 2, [b"c"])
+        assert err == NONE
+    finally:
+        p.close()
+    survivor = next(b for n, b in cluster.brokers.items() if n != leader)
+    cluster.brokers[leader].kill9()
+    new_leader = wait(lambda: (lambda l: l if l not in (None, -1, leader) else None)(
+        cluster.leader(topic, 0, survivor)), "a new leader")
+    p = RawProducer(cluster.brokers[new_leader].port, topic, pid)
+    try:
+        assert wait(lambda: (lambda r: r if r[0] == NONE else None)(p.send(0, 2, [b"c"])),
+                    "the new leader to answer the retry") == (NONE, second)
+        assert p.send(0, 0, [b"a", b"b"]) == (NONE, first)
+        assert p.send(0, 4, [b"gap"])[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+        err, third = p.send(0, 3, [b"d"])
+        assert err == NONE and third > second
+    finally:
+        p.close()
+    cluster.brokers[leader].restart()
+    wait(lambda: cluster.fully_replicated(topic, 1, 3), "the old leader back in the ISR")
+    batches = fetch_all(cluster.brokers[new_leader].port, topic)
+    assert [b.base_offset for b in batches] == [first, second, third]
