@@ -142,6 +142,8 @@ pub struct Broker {
     pub groups: std::sync::OnceLock<Arc<crate::group::Coordinator>>,
     /// The dynamic broker configs the local partitions' settings were computed with.
     applied_dynamic: std::sync::Mutex<DynamicConfigs>,
+    /// This broker's block of producer ids (InitProducerId).
+    pub producer_ids: crate::producer_ids::ProducerIds,
 }
 
 impl Broker {
@@ -183,6 +185,7 @@ impl Broker {
             admin: tokio::sync::Mutex::new(()),
             applied_dynamic: std::sync::Mutex::new(DynamicConfigs::new()),
             groups: std::sync::OnceLock::new(),
+            producer_ids: crate::producer_ids::ProducerIds::default(),
         });
         let state = broker.cluster.state();
         broker.reconcile(&state).await;
@@ -240,6 +243,7 @@ impl Broker {
             data_arrived: Arc::clone(&self.data_arrived),
             cluster: Arc::clone(&self.cluster),
             timing: self.cluster.timing,
+            duplicates: self.metrics.produce_duplicates.clone(),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod config;
 pub mod group;
 pub mod metrics;
 pub mod partition;
+pub mod producer_ids;
+pub mod producer_state;
 pub mod protocol;
 pub mod raft;
 pub mod ring_sequencer;

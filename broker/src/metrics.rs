@@ -30,6 +30,10 @@ pub struct Metrics {
     pub ring_busy: IntCounter,
     pub ring_config_fetches: IntCounter,
     pub ring_epoch: IntGauge,
+    /// Idempotent produce batches answered as retries of stored ones (not written again).
+    pub produce_duplicates: IntCounter,
+    /// Producer ids handed out by InitProducerId.
+    pub producer_ids: IntCounter,
 }
 
 impl Default for Metrics {
@@ -117,6 +121,14 @@ impl Metrics {
             ),
             ring_epoch: IntGauge::new("gsn_ring_epoch", "Ring epoch the sequencer client uses")
                 .expect("static metric definition"),
+            produce_duplicates: counter(
+                "kafka_produce_duplicate_batches_total",
+                "Idempotent batches recognised as retries and answered with their stored offset",
+            ),
+            producer_ids: counter(
+                "kafka_producer_ids_issued_total",
+                "Producer ids handed out by InitProducerId",
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),
@@ -136,6 +148,8 @@ impl Metrics {
             Box::new(m.ring_busy.clone()),
             Box::new(m.ring_config_fetches.clone()),
             Box::new(m.ring_epoch.clone()),
+            Box::new(m.produce_duplicates.clone()),
+            Box::new(m.producer_ids.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use openraft::error::ClientWriteError;
 use openraft::{BasicNode, ServerState};
+use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::cluster::network::{Network, PartitionRoute};
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, RaftTiming};
+use crate::producer_state::{
+    self, BatchMeta, Incoming, PendingView, ProducerEntry, SequenceError, Verdict,
+};
 use crate::raft::log_store::{LogStore, SharedLog};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
@@ -51,6 +55,9 @@ pub enum AppendError {
     Storage(String),
     #[error("partition is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch broke Kafka's epoch or sequence rules.
+    #[error("{0}")]
+    Sequence(#[from] SequenceError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,8 @@ pub struct PartitionEnv<'a> {
     pub data_arrived: Arc<Notify>,
     pub cluster: Arc<Cluster>,
     pub timing: RaftTiming,
+    /// Counts produce batches recognised as retries of stored ones.
+    pub duplicates: IntCounter,
 }
 
 /// Which partition to open and who replicates it.
@@ -165,9 +174,15 @@ impl Partition {
         let (tx, rx) = mpsc::channel(APPEND_QUEUE);
         tokio::spawn(run_appender(
             rx,
-            raft.clone(),
-            env.sequencer.clone(),
-            Arc::clone(&shared),
+            Appender {
+                raft: raft.clone(),
+                sequencer: env.sequencer.clone(),
+                log: Arc::clone(&shared),
+                high_watermark: high_watermark.clone(),
+                duplicates: env.duplicates.clone(),
+                view: PendingView::default(),
+                view_term: None,
+            },
         ));
         let replicas = spec.replicas.clone();
         Ok(Arc::new(Self {
@@ -363,12 +378,44 @@ async fn initialize_later(raft: PartitionRaft, voters: BTreeMap<u64, BasicNode>,
     }
 }
 
-async fn run_appender(
-    mut rx: mpsc::Receiver<AppendRequest>,
+/// The partition's single writer on the leader: checks idempotent producers' batches,
+/// takes sequencer numbers for the rest and hands them to Raft in order.
+struct Appender {
     raft: PartitionRaft,
     sequencer: SequencerClient,
     log: SharedLog,
-) {
+    high_watermark: watch::Receiver<i64>,
+    duplicates: IntCounter,
+    /// Batches stamped in `view_term` that may not be in the log yet.
+    view: PendingView,
+    view_term: Option<u64>,
+}
+
+/// A batch that passed the producer checks, with its producer fields (None: no producer id).
+type Accepted = (AppendRequest, Option<ProducerBatch>);
+
+#[derive(Clone, Copy)]
+struct ProducerBatch {
+    incoming: Incoming,
+    max_timestamp: i64,
+}
+
+impl ProducerBatch {
+    fn of(batch: &[u8]) -> Option<Self> {
+        let f = batch::producer_fields(batch)?;
+        (f.producer_id >= 0).then(|| Self {
+            incoming: Incoming::new(
+                f.producer_id,
+                f.producer_epoch,
+                f.base_sequence,
+                f.last_offset_delta,
+            ),
+            max_timestamp: f.max_timestamp,
+        })
+    }
+}
+
+async fn run_appender(mut rx: mpsc::Receiver<AppendRequest>, mut appender: Appender) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -377,41 +424,234 @@ async fn run_appender(
                 Err(_) => break,
             }
         }
+        appender.append_group(group).await;
+    }
+}
+
+fn fail_all(group: impl IntoIterator<Item = AppendRequest>, e: &AppendError) {
+    for r in group {
+        let _ = r.reply.send(Err(e.clone()));
+    }
+}
+
+impl Appender {
+    /// The current term while this replica leads.
+    fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
+    async fn append_group(&mut self, group: Vec<AppendRequest>) {
         // Only the leader may take numbers: a follower would waste them.
-        if raft.metrics().borrow().state != ServerState::Leader {
-            for r in group {
-                let _ = r.reply.send(Err(AppendError::NotLeader));
-            }
-            continue;
+        let Some(term) = self.leader_term() else {
+            fail_all(group, &AppendError::NotLeader);
+            return;
+        };
+        if self.view_term != Some(term) {
+            // A new term: the log (which holds everything Raft may still commit) is the
+            // starting point; batches pending in an older term either reached it or never will.
+            self.view.clear();
+            self.view_term = Some(term);
         }
-        let total: u64 = group.iter().map(|r| r.record_count).sum();
-        let mut base = match sequencer.reserve(total).await {
+        let group = match self.screen(group, term) {
+            Ok(g) => g,
+            Err(group) => {
+                fail_all(
+                    group,
+                    &AppendError::Storage("partition log lock poisoned".into()),
+                );
+                return;
+            }
+        };
+        if group.is_empty() {
+            return;
+        }
+        let total: u64 = group.iter().map(|(r, _)| r.record_count).sum();
+        let mut base = match self.sequencer.reserve(total).await {
             Ok(b) => b,
             Err(e) => {
-                for r in group {
-                    let _ = r.reply.send(Err(AppendError::Sequencer(e.to_string())));
-                }
-                continue;
+                fail_all(
+                    group.into_iter().map(|(r, _)| r),
+                    &AppendError::Sequencer(e.to_string()),
+                );
+                return;
             }
         };
         // Offsets must grow within a partition, also across leader changes. The ring hands
         // out numbers in real-time order, so a new leader's numbers lie above everything the
         // old one appended; this check turns a violation into an error instead of a log
         // that goes backwards.
-        let end = log.read().ok().and_then(|l| l.log.end_offset());
+        let end = self.log.read().ok().and_then(|l| l.log.end_offset());
         if end.is_some_and(|end| (base as i64) < end) {
             tracing::error!(base, end = ?end, "sequencer returned numbers below the partition's end");
-            for r in group {
-                let _ = r.reply.send(Err(AppendError::Sequencer(
-                    "sequence numbers below the partition end".into(),
-                )));
-            }
-            continue;
+            fail_all(
+                group.into_iter().map(|(r, _)| r),
+                &AppendError::Sequencer("sequence numbers below the partition end".into()),
+            );
+            return;
         }
-        for r in group {
+        // The numbers were taken while awaiting the sequencer: appends must still belong to
+        // the term the producer checks were made in.
+        if self.leader_term() != Some(term) {
+            fail_all(group.into_iter().map(|(r, _)| r), &AppendError::NotLeader);
+            return;
+        }
+        let mut stamped = Vec::with_capacity(group.len());
+        for (r, producer) in group {
             let offset = base as i64;
             base += r.record_count;
-            submit(&raft, r, offset).await;
+            stamped.push((r, producer, offset));
+        }
+        self.note_pending(&stamped);
+        for (r, _, offset) in stamped {
+            submit(&self.raft, r, offset).await;
+        }
+    }
+
+    /// Applies the idempotent-producer rules in arrival order: duplicates are answered from
+    /// the log (without numbers), violations get their error, the rest is returned. Err
+    /// gives the group back when the log cannot be read.
+    fn screen(
+        &mut self,
+        group: Vec<AppendRequest>,
+        term: u64,
+    ) -> Result<Vec<Accepted>, Vec<AppendRequest>> {
+        if group.iter().all(|r| ProducerBatch::of(&r.batch).is_none()) {
+            return Ok(group.into_iter().map(|r| (r, None)).collect());
+        }
+        let Ok(shared) = self.log.read() else {
+            return Err(group);
+        };
+        self.view.prune(shared.log.end_offset().unwrap_or(i64::MIN));
+        // Batches accepted earlier in this group, not stamped yet (offsets unknown: -1).
+        let mut in_group: HashMap<i64, ProducerEntry> = HashMap::new();
+        let mut accepted = Vec::with_capacity(group.len());
+        for r in group {
+            let Some(p) = ProducerBatch::of(&r.batch) else {
+                accepted.push((r, None));
+                continue;
+            };
+            let pid = p.incoming.producer_id;
+            let entry = in_group
+                .get(&pid)
+                .or_else(|| self.view.entry(pid, shared.producers.get(pid)));
+            match producer_state::check(entry, &p.incoming) {
+                Ok(Verdict::Append) => {
+                    let mut e = entry
+                        .cloned()
+                        .unwrap_or_else(|| ProducerEntry::empty(p.incoming.epoch));
+                    e.add(p.incoming.epoch, unstamped(&p.incoming), p.max_timestamp);
+                    in_group.insert(pid, e);
+                    accepted.push((r, Some(p)));
+                }
+                Ok(Verdict::Duplicate(meta)) if meta.base_offset < 0 => {
+                    // A retry queued behind its original in this very group: the original's
+                    // offset is not known yet, so the retry is asked to come again.
+                    let _ = r.reply.send(Err(AppendError::NotLeader));
+                }
+                Ok(Verdict::Duplicate(meta)) => self.answer_duplicate(r, meta, term),
+                Err(e) => {
+                    tracing::debug!(error = %e, "idempotent batch refused");
+                    let _ = r.reply.send(Err(AppendError::Sequence(e)));
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Records stamped producer batches in the view, so the next ones (up to 5 in flight per
+    /// producer) are checked against them before they reach the log.
+    fn note_pending(&mut self, stamped: &[(AppendRequest, Option<ProducerBatch>, i64)]) {
+        if stamped.iter().all(|(_, p, _)| p.is_none()) {
+            return;
+        }
+        let Ok(shared) = self.log.read() else {
+            return;
+        };
+        for (r, p, offset) in stamped {
+            if let Some(p) = p {
+                let last = offset + r.record_count as i64 - 1;
+                let logged = shared.producers.get(p.incoming.producer_id);
+                self.view
+                    .stamped(&p.incoming, logged, *offset, last, p.max_timestamp);
+            }
+        }
+    }
+
+    /// Answers a retried batch with its original offset once that batch is as durable as
+    /// `acks` asks (acks=all: committed), or NOT_LEADER if this replica stops leading first.
+    fn answer_duplicate(&self, req: AppendRequest, meta: BatchMeta, term: u64) {
+        self.duplicates.inc();
+        tracing::debug!(base_offset = meta.base_offset, "duplicate idempotent batch");
+        if req.acks == Acks::None {
+            return;
+        }
+        let mut metrics = self.raft.metrics();
+        let mut hw = self.high_watermark.clone();
+        let log = Arc::clone(&self.log);
+        tokio::spawn(async move {
+            let AppendRequest {
+                acks, mut reply, ..
+            } = req;
+            let stored = wait_stored(
+                acks,
+                meta.last_offset,
+                term,
+                &mut metrics,
+                &mut hw,
+                &log,
+                &mut reply,
+            )
+            .await;
+            let _ = reply.send(stored.map(|()| meta.base_offset));
+        });
+    }
+}
+
+fn unstamped(b: &Incoming) -> BatchMeta {
+    BatchMeta {
+        first_seq: b.first_seq,
+        last_seq: b.last_seq,
+        base_offset: -1,
+        last_offset: -1,
+    }
+}
+
+/// Waits until offset `last` is committed (acks=all) or in the leader's log (acks=1) while
+/// this replica leads in `term`. Every wake-up is a change of the Raft metrics or the high
+/// watermark; the produce request's own timeout bounds the wait (the waiter stops when the
+/// request stops listening).
+async fn wait_stored(
+    acks: Acks,
+    last: i64,
+    term: u64,
+    metrics: &mut watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    hw: &mut watch::Receiver<i64>,
+    log: &SharedLog,
+    reply: &mut oneshot::Sender<Result<i64, AppendError>>,
+) -> Result<(), AppendError> {
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.state != ServerState::Leader || m.current_term != term {
+                return Err(AppendError::NotLeader);
+            }
+        }
+        let done = match acks {
+            Acks::All => *hw.borrow_and_update() > last,
+            Acks::Leader | Acks::None => log
+                .read()
+                .map(|l| l.log.end_offset().is_some_and(|end| end > last))
+                .unwrap_or(false),
+        };
+        if done {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = reply.closed() => return Err(AppendError::ShuttingDown),
+            r = metrics.changed() => if r.is_err() { return Err(AppendError::ShuttingDown) },
+            r = hw.changed() => if r.is_err() { return Err(AppendError::ShuttingDown) },
         }
     }
 }

@@ -82,7 +82,34 @@ async fn open() -> (tempfile::TempDir, Arc<Broker>) {
         .create_topic("t", 2, -1, BTreeMap::new(), None)
         .await
         .expect("topic");
+    wait_loaded(&broker).await;
     (dir, broker)
+}
+
+/// Waits (bounded) until the coordinator serves every group the test uses: FindCoordinator
+/// creates the offsets topic, whose partitions then load in the background (JoinGroup would
+/// answer COORDINATOR_LOAD_IN_PROGRESS meanwhile, which real clients retry).
+async fn wait_loaded(broker: &Arc<Broker>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for v in 0..=9 {
+        let group = format!("group-v{v}");
+        let find = FindCoordinatorRequest::default().with_key(s(&group));
+        assert_eq!(call(broker, &find, 0).await.error_code, 0);
+        loop {
+            let fetch = OffsetFetchRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_topics(None);
+            let code = call(broker, &fetch, 7).await.error_code;
+            if code == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{group}: coordinator not serving after 30 s (error {code})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,10 +270,12 @@ def encode_records(values: list[bytes], offset_deltas: Optional[list[int]] = Non
 def record_batch(values: list[bytes], timestamp_ms: int, codec: int = 0, *,
                  count: Optional[int] = None, last_offset_delta: Optional[int] = None,
                  offset_deltas: Optional[list[int]] = None, magic: int = 2,
-                 batch_length: Optional[int] = None, records: Optional[bytes] = None) -> bytes:
+                 batch_length: Optional[int] = None, records: Optional[bytes] = None,
+                 producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
     """A RecordBatch v2 holding `values` (no keys, no headers), with a valid
     CRC-32C. codec: 0 none, 1 gzip. The keyword arguments override header
-    fields (or the encoded records) to build hostile but CRC-valid batches."""
+    fields (or the encoded records) to build hostile but CRC-valid batches;
+    producer_id/producer_epoch/base_sequence make an idempotent producer's batch."""
     recs = encode_records(values, offset_deltas) if records is None else records
     if codec == 1:
         import gzip
@@ -283,7 +285,7 @@ def record_batch(values: list[bytes], timestamp_ms: int, codec: int = 0, *,
     n = len(values) if count is None else count
     lod = len(values) - 1 if last_offset_delta is None else last_offset_delta
     after_crc = (i16(codec) + i32(lod) + i64(timestamp_ms) + i64(timestamp_ms)
-                 + i64(-1) + i16(-1) + i32(-1) + i32(n) + recs)
+                 + i64(producer_id) + i16(producer_epoch) + i32(base_sequence) + i32(n) + recs)
     after_len = i32(-1) + i8(magic) + u32(crc32c(after_crc)) + after_crc
     return i64(0) + i32(len(after_len) if batch_length is None else batch_length) + after_len
 
@@ -433,3 +435,36 @@ def parse_fetch_v4(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, 
             records = b"" if size < 0 else r.take(size)
             out.append((name, part, err, hw, records))
     return corr, out
+
+
+API_INIT_PRODUCER_ID = 22
+
+
+def init_producer_id(corr: int, version: int, transactional_id: Optional[str] = None,
+                     producer_id: int = -1, producer_epoch: int = -1) -> bytes:
+    """InitProducerId v0-v5 (flexible from v2)."""
+    if version >= 2:
+        txn = uvarint(0) if transactional_id is None else compact_string(transactional_id)
+        head = header_v2(API_INIT_PRODUCER_ID, version, corr)
+    else:
+        txn = nullable_string(transactional_id)
+        head = header_v1(API_INIT_PRODUCER_ID, version, corr)
+    body = txn + i32(60000)
+    if version >= 3:
+        body += i64(producer_id) + i16(producer_epoch)
+    if version >= 2:
+        body += uvarint(0)
+    return frame(head + body)
+
+
+def parse_init_producer_id(payload: bytes, version: int) -> tuple[int, int, int, int]:
+    """(correlation_id, error_code, producer_id, producer_epoch)."""
+    r = Reader(payload)
+    corr = r.i32()
+    if version >= 2:
+        r.uvarint()  # response header tagged fields
+    r.i32()  # throttle_time_ms
+    err = r.i16()
+    pid = struct.unpack(">q", r.take(8))[0]
+    epoch = r.i16()
+    return corr, err, pid, epoch

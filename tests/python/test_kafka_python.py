@@ -23,8 +23,8 @@ CODECS = [None, "gzip"] + [c for c, have in (("snappy", kcodec.has_snappy),
 
 
 def producer(bootstrap: str, **conf) -> KafkaProducer:
-    # enable_idempotence=False: the broker does not serve InitProducerId yet,
-    # and kafka-python 3 enables idempotence by default.
+    # enable_idempotence=False: these tests cover the plain producer path;
+    # kafka-python 3's default (idempotence on) is tested in test_idempotence.py.
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
                          linger_ms=5, request_timeout_ms=30000, **conf)
 

@@ -10,6 +10,7 @@ mod describe_cluster;
 mod describe_configs;
 mod fetch;
 mod incremental_alter_configs;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -137,6 +138,7 @@ pub async fn start(
         ApiKey::DescribeGroups => serve!(describe_groups),
         ApiKey::DeleteGroups => serve!(delete_groups),
         ApiKey::OffsetDelete => serve!(offset_delete),
+        ApiKey::InitProducerId => serve!(init_producer_id),
         ApiKey::Produce => {
             let request = decode_body(&mut body, version)?;
             let queued = produce::queue_all(broker, request, version).await;
@@ -190,6 +192,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "Other",
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Topic};
 use crate::partition::{Acks, AppendError};
+use crate::producer_state::SequenceError;
 use crate::storage::batch::{self, BatchError};
 use crate::storage::records::RecordsError;
 
@@ -162,6 +163,7 @@ async fn queue(
         tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected records");
         records_error_code(&e)
     })?;
+    check_producer_fields(&records)?;
     let count =
         u64::try_from(header.record_count).map_err(|_| ResponseError::InvalidRecord.code())?;
     if acks == Acks::All && partition.in_sync_count() < settings.min_insync_replicas {
@@ -192,6 +194,22 @@ async fn queue(
         .await
         .map(|rx| (rx, append_time))
         .map_err(append_error_code)
+}
+
+/// Idempotence fields Kafka refuses before any sequence check: a producer id without a
+/// sequence (INVALID_RECORD), and transactional batches (transactions are not served; the
+/// same error InitProducerId gives a transactional id).
+fn check_producer_fields(records: &[u8]) -> Result<(), i16> {
+    let Some(f) = batch::producer_fields(records) else {
+        return Ok(());
+    };
+    if f.attributes & batch::ATTR_TRANSACTIONAL != 0 {
+        return Err(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    if f.producer_id >= 0 && f.base_sequence < 0 {
+        return Err(ResponseError::InvalidRecord.code());
+    }
+    Ok(())
 }
 
 fn batch_error_code(e: &BatchError) -> i16 {
@@ -225,5 +243,11 @@ fn append_error_code(e: AppendError) -> i16 {
         }
         AppendError::Sequencer(_) => ResponseError::RequestTimedOut.code(),
         AppendError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch.code()
+        }
+        AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber.code()
+        }
     }
 }

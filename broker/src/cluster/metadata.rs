@@ -69,6 +69,10 @@ pub enum MetaCommand {
         configs: BTreeMap<String, String>,
     },
     PartitionStates(Vec<PartitionReport>),
+    /// Reserves the next `count` producer ids for the broker that asks (InitProducerId).
+    AllocateProducerIds {
+        count: u32,
+    },
     /// AlterConfigs (`replace`: the ops form the whole new set) and IncrementalAlterConfigs
     /// on a topic or on the dynamic broker configs. Applied atomically, so concurrent
     /// incremental changes of different keys do not overwrite each other.
@@ -101,6 +105,9 @@ pub enum Rejection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MetaReply {
     pub rejected: Option<Rejection>,
+    /// For AllocateProducerIds: the reserved ids, `first..end`.
+    #[serde(default)]
+    pub producer_ids: Option<(i64, i64)>,
 }
 
 /// Leader and in-sync replicas of one partition, as last reported by its leader.
@@ -126,6 +133,9 @@ pub struct ClusterState {
     /// Dynamic broker configs (AlterConfigs on BROKER resources).
     #[serde(default)]
     pub broker_configs: DynamicConfigs,
+    /// The first producer id not handed out yet (ids are reserved in blocks).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 fn unreported(n: usize) -> Vec<PartitionState> {
@@ -141,6 +151,9 @@ fn unreported(n: usize) -> Vec<PartitionState> {
 
 impl ClusterState {
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaReply {
+        if let MetaCommand::AllocateProducerIds { count } = cmd {
+            return self.allocate_producer_ids(*count);
+        }
         let rejected = match cmd {
             MetaCommand::RegisterBroker { info, cluster_id } => {
                 if self.cluster_id.is_none() {
@@ -173,8 +186,33 @@ impl ClusterState {
                 replace,
                 ops,
             } => self.alter_configs(target, *replace, ops),
+            MetaCommand::AllocateProducerIds { .. } => None,
         };
-        MetaReply { rejected }
+        MetaReply {
+            rejected,
+            producer_ids: None,
+        }
+    }
+
+    /// Reserves `count` producer ids. Every broker applies the same entries, so each block is
+    /// handed out once in the cluster, also across restarts (the state is persisted).
+    fn allocate_producer_ids(&mut self, count: u32) -> MetaReply {
+        let first = self.next_producer_id.max(0);
+        match first.checked_add(i64::from(count)) {
+            Some(end) if count > 0 => {
+                self.next_producer_id = end;
+                MetaReply {
+                    rejected: None,
+                    producer_ids: Some((first, end)),
+                }
+            }
+            _ => MetaReply {
+                rejected: Some(Rejection::Invalid(format!(
+                    "cannot reserve {count} producer ids after {first}"
+                ))),
+                producer_ids: None,
+            },
+        }
     }
 
     /// The config set `target` would have after `ops`, validated; what AlterConfigs stores.
@@ -522,6 +560,34 @@ mod tests {
         // The leader's ISR change is taken.
         s.apply(&report(2, 4, vec![1, 2, 3]));
         assert_eq!(s.topics["a"].partitions[0].isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn producer_id_blocks_are_disjoint_and_survive_a_snapshot() {
+        let mut s = three_brokers();
+        let a = s.apply(&MetaCommand::AllocateProducerIds { count: 1000 });
+        let b = s.apply(&MetaCommand::AllocateProducerIds { count: 1000 });
+        assert_eq!(a.producer_ids, Some((0, 1000)));
+        assert_eq!(b.producer_ids, Some((1000, 2000)));
+        // The state is what a snapshot holds (JSON); a restored state continues after it.
+        let mut restored: ClusterState =
+            serde_json::from_slice(&serde_json::to_vec(&s).expect("encode")).expect("decode");
+        let c = restored.apply(&MetaCommand::AllocateProducerIds { count: 5 });
+        assert_eq!(c.producer_ids, Some((2000, 2005)));
+        // A snapshot written before producer ids existed starts at 0.
+        let old: ClusterState =
+            serde_json::from_str(r#"{"cluster_id":null,"brokers":{},"topics":{}}"#)
+                .expect("old snapshot");
+        assert_eq!(old.next_producer_id, 0);
+        // Nothing, or past the last id, is refused and changes nothing.
+        assert!(restored
+            .apply(&MetaCommand::AllocateProducerIds { count: 0 })
+            .rejected
+            .is_some());
+        restored.next_producer_id = i64::MAX - 1;
+        let r = restored.apply(&MetaCommand::AllocateProducerIds { count: 5 });
+        assert!(r.rejected.is_some() && r.producer_ids.is_none());
+        assert_eq!(restored.next_producer_id, i64::MAX - 1);
     }
 
     #[test]

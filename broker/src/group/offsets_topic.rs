@@ -122,6 +122,8 @@ fn append_error(e: AppendError) -> LogError {
         AppendError::NotLeader => LogError::NotLeader,
         AppendError::ShuttingDown => LogError::Unavailable("partition is shutting down".into()),
         AppendError::Sequencer(s) | AppendError::Storage(s) => LogError::Unavailable(s),
+        // The coordinator's batches carry no producer id; kept total for the compiler.
+        AppendError::Sequence(e) => LogError::Unavailable(e.to_string()),
     }
 }
 

@@ -206,6 +206,8 @@ const APIS: &[Api] = &[
     api(42, 0, 2, 2, &DELETE_GROUPS_REQUEST),
     // OffsetDelete has no flexible version.
     api(47, 0, 0, i16::MAX, &OFFSET_DELETE_REQUEST),
+    // Idempotent producers.
+    api(22, 0, 5, 2, &INIT_PRODUCER_ID_REQUEST),
 ];
 
 // Layouts are named after kafka-protocol's structs, innermost first.
@@ -547,6 +549,14 @@ const OFFSET_DELETE_REQUEST: Layout = fields(&[
     Field::new("topics", Array(&OFFSET_DELETE_REQUEST_TOPIC)),
 ]);
 
+// InitProducerId (22)
+const INIT_PRODUCER_ID_REQUEST: Layout = fields(&[
+    Field::new("transactional_id", NullableString),
+    Field::new("transaction_timeout_ms", Int32),
+    Field::new("producer_id", Int64).since(3),
+    Field::new("producer_epoch", Int16).since(3),
+]);
+
 // ---------------------------------------------------------------------------------------------
 // Walker
 // ---------------------------------------------------------------------------------------------
@@ -782,6 +792,7 @@ mod tests {
         leave_group_request as lg, list_groups_request as lgr, offset_commit_request as oc,
         offset_delete_request as od, offset_fetch_request as of, sync_group_request as sg,
     };
+    use kafka_protocol::messages::{init_producer_id_request as ipi, ProducerId};
     use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
     // ---- helpers -----------------------------------------------------------------------
@@ -852,6 +863,7 @@ mod tests {
             16 => len::<lgr::ListGroupsRequest>(body, version),
             42 => len::<dg::DeleteGroupsRequest>(body, version),
             47 => len::<od::OffsetDeleteRequest>(body, version),
+            22 => len::<ipi::InitProducerIdRequest>(body, version),
             _ => unreachable!("no codec for key {key}"),
         }
     }
@@ -1402,6 +1414,17 @@ mod tests {
                 ])])
     }
 
+    fn init_producer_id(v: i16) -> ipi::InitProducerIdRequest {
+        let req = ipi::InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(s("txn-1"))))
+            .with_transaction_timeout_ms(60_000);
+        if v >= 3 {
+            req.with_producer_id(ProducerId(42)).with_producer_epoch(3)
+        } else {
+            req.with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
+        }
+    }
+
     fn cases_for<R: Request>(build: fn(i16) -> R) -> Vec<Case> {
         (R::VERSIONS.min..=R::VERSIONS.max)
             .map(|v| encode(&build(v), v))
@@ -1435,6 +1458,12 @@ mod tests {
         cases.extend(cases_for(list_groups));
         cases.extend(cases_for(delete_groups));
         cases.extend(cases_for(offset_delete));
+        cases.extend(cases_for(init_producer_id));
+        // An idempotent producer's request: no transactional id.
+        for v in 0..=5 {
+            let req = init_producer_id(v).with_transactional_id(None);
+            cases.push(encode(&req, v));
+        }
         // OffsetFetch for all topics (null), v2-v7.
         for v in 2..=7 {
             let req = offset_fetch(v).with_topics(None);
@@ -1486,7 +1515,8 @@ mod tests {
         check::<lgr::ListGroupsRequest>();
         check::<dg::DeleteGroupsRequest>();
         check::<od::OffsetDeleteRequest>();
-        assert_eq!(APIS.len(), 24);
+        check::<ipi::InitProducerIdRequest>();
+        assert_eq!(APIS.len(), 25);
         // Every served API is walked, and nothing else.
         for (key, min, max, _) in crate::protocol::SUPPORTED {
             let api = APIS.iter().find(|a| a.key == *key as i16);
@@ -1540,8 +1570,8 @@ mod tests {
                 );
             }
         }
-        // DeleteRecords, InitProducerId, an unknown key.
-        for key in [21, 22, 1000, -1] {
+        // DeleteRecords, AddPartitionsToTxn, an unknown key.
+        for key in [21, 24, 1000, -1] {
             assert_eq!(
                 check_request_body(key, 0, &[0; 64]),
                 Err(unsupported(key, 0))

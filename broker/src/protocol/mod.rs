@@ -41,6 +41,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5, 0),
     (ApiKey::DeleteGroups, 0, 2, 0),
     (ApiKey::OffsetDelete, 0, 0, 0),
+    // Idempotent producers (transactions are not served).
+    (ApiKey::InitProducerId, 0, 5, 0),
 ];
 
 /// The served version range of an API, if it is served at all.

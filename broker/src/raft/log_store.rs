@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 
 use super::{BatchEntry, Entry, LogId, StorageError, TypeConfig};
 use crate::config::{FlushPolicy, LogConfig};
+use crate::producer_state::ProducerTable;
 use crate::storage::batch;
-use crate::storage::log::PartitionLog;
+use crate::storage::log::{stored_producer_batch, PartitionLog};
 use crate::storage::meta::MetaStore;
 
 /// Most appends waiting for one fsync; more wait for the next.
@@ -31,6 +32,9 @@ const FLUSH_QUEUE: usize = 1024;
 /// Log state shared by the Raft log store and the fetch path.
 pub struct LogShared {
     pub log: PartitionLog,
+    /// Idempotent producers as the log says (replayed from every stored batch; see
+    /// `producer_state`). The appender checks produce requests against it.
+    pub producers: ProducerTable,
     others: BTreeMap<u64, Entry>,
     other_indexes: BTreeSet<u64>,
     last_purged: Option<LogId>,
@@ -83,8 +87,11 @@ impl LogStore {
         let other_indexes: BTreeSet<u64> = others.keys().copied().collect();
         let log = PartitionLog::open(dir, config, &other_indexes).map_err(read_err)?;
         let last_purged: Option<LogId> = meta.get_raft(group, "purged").map_err(read_err)?;
+        let mut producers = ProducerTable::default();
+        log.replay_producers(&mut producers).map_err(read_err)?;
         let mut shared = LogShared {
             log,
+            producers,
             others,
             other_indexes,
             last_purged,
@@ -309,7 +316,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let log_id = entry.log_id;
                 match &entry.payload {
                     EntryPayload::Normal(data) => {
+                        let shared = &mut *shared;
                         file = Some(append_batch(&mut shared.log, log_id, data)?);
+                        note_producer(&mut shared.producers, &data.batch);
                         if let Some(signal) = &data.appended {
                             signal.fire();
                         }
@@ -339,6 +348,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         shared
             .log
             .truncate_from_raft_index(log_id.index, &others)
+            .map_err(io_err)?;
+        // The removed tail may have held producers' latest batches: derive the table again.
+        let shared_ref = &mut *shared;
+        shared_ref.producers = ProducerTable::default();
+        shared_ref
+            .log
+            .replay_producers(&mut shared_ref.producers)
             .map_err(io_err)?;
         let end = contiguous_end(&shared, self.node_id);
         shared.last_log_id = end.or(shared.last_purged);
@@ -374,6 +390,15 @@ fn forget_others(
         shared.other_indexes.remove(&idx);
     }
     Ok(())
+}
+
+/// Records a stored batch's producer fields in the table.
+fn note_producer(table: &mut ProducerTable, data: &[u8]) {
+    if let Ok(span) = batch::read_span(data) {
+        if let Some(stored) = stored_producer_batch(data, span) {
+            table.replay(&stored);
+        }
+    }
 }
 
 fn append_batch(

@@ -182,6 +182,37 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Attribute bit of a transactional batch.
+pub const ATTR_TRANSACTIONAL: i16 = 1 << 4;
+
+/// The idempotence fields of a batch header (producerId @43, producerEpoch @51,
+/// baseSequence @53) with what is needed to remember the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub last_offset_delta: i32,
+    pub attributes: i16,
+    pub max_timestamp: i64,
+}
+
+/// Reads the producer fields of the batch at the start of `buf`; None when shorter than a
+/// header.
+pub fn producer_fields(buf: &[u8]) -> Option<ProducerFields> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    Some(ProducerFields {
+        producer_id: i64::from_be_bytes(take8(buf, 43)),
+        producer_epoch: i16::from_be_bytes([buf[51], buf[52]]),
+        base_sequence: i32::from_be_bytes(take4(buf, 53)),
+        last_offset_delta: i32::from_be_bytes(take4(buf, 23)),
+        attributes: i16::from_be_bytes([buf[21], buf[22]]),
+        max_timestamp: i64::from_be_bytes(take8(buf, 35)),
+    })
+}
+
 fn take4(buf: &[u8], at: usize) -> [u8; 4] {
     let mut out = [0u8; 4];
     out.copy_from_slice(&buf[at..at + 4]);

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::batch::BatchSpan;
+use super::batch::{self, BatchSpan};
 use super::segment::{self, BatchLoc, Segment};
 use crate::config::LogConfig;
+use crate::producer_state::{Incoming, ProducerTable, StoredBatch};
 
 /// A batch of the log together with its Raft index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,9 +367,43 @@ impl PartitionLog {
         Some((found, end))
     }
 
+    /// Feeds the producer fields of every batch, oldest first, to `table` (rebuilds the
+    /// idempotence state on open and after truncation). Reads one header per batch.
+    pub fn replay_producers(&self, table: &mut ProducerTable) -> io::Result<()> {
+        for seg in self.segments.values() {
+            let mut pos = 0u64;
+            while pos < seg.size() {
+                let head = seg.read(pos, batch::HEADER_LEN as u64)?;
+                let span = batch::read_span(&head).map_err(io::Error::other)?;
+                if let Some(stored) = stored_producer_batch(&head, span) {
+                    table.replay(&stored);
+                }
+                pos += span.total_len as u64;
+            }
+        }
+        Ok(())
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// The producer fields of a stored batch whose header starts `head`; None without a producer
+/// id.
+pub fn stored_producer_batch(head: &[u8], span: BatchSpan) -> Option<StoredBatch> {
+    let f = batch::producer_fields(head)?;
+    (f.producer_id >= 0).then(|| StoredBatch {
+        incoming: Incoming::new(
+            f.producer_id,
+            f.producer_epoch,
+            f.base_sequence,
+            f.last_offset_delta,
+        ),
+        base_offset: span.base_offset,
+        last_offset: span.last_offset,
+        max_timestamp: f.max_timestamp,
+    })
 }
 
 /// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
@@ -460,6 +495,53 @@ mod tests {
             .expect("present");
         assert_eq!(found.loc.span.base_offset, 11);
         assert!(log.batch_by_raft_index(4, &others).expect("io").is_none());
+    }
+
+    /// Appends a batch of producer `pid` (epoch 0) starting at sequence `seq`.
+    fn put_idempotent(log: &mut PartitionLog, raft: u64, base: i64, pid: i64, seq: i32) {
+        let mut b = make_batch(0, 2, base);
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch::stamp(&mut b, base, 1);
+        let h = batch::parse_and_verify(&b).expect("valid");
+        log.append(raft, &b, h.span, h.max_timestamp, 0)
+            .expect("append");
+    }
+
+    #[test]
+    fn producer_state_is_rebuilt_from_the_stored_headers() {
+        use crate::producer_state::{check, Incoming, Verdict};
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = PartitionLog::open(dir.path(), cfg(200), &others).expect("open");
+        for i in 0..6u64 {
+            put_idempotent(&mut log, i + 1, i as i64 * 10, 9, i as i32 * 2);
+        }
+        put(&mut log, 7, 100, 1);
+        drop(log);
+        let mut log = PartitionLog::open(dir.path(), cfg(200), &others).expect("reopen");
+        assert!(log.segment_count() > 1, "the replay must cross segments");
+        let mut table = ProducerTable::default();
+        log.replay_producers(&mut table).expect("replay");
+        assert_eq!(table.len(), 1);
+        let retry = Incoming::new(9, 0, 8, 1);
+        assert!(matches!(
+            check(table.get(9), &retry),
+            Ok(Verdict::Duplicate(m)) if m.base_offset == 40
+        ));
+        assert_eq!(
+            check(table.get(9), &Incoming::new(9, 0, 12, 0)),
+            Ok(Verdict::Append)
+        );
+        // After truncation the table follows the shorter log.
+        log.truncate_from_raft_index(5, &others).expect("truncate");
+        let mut table = ProducerTable::default();
+        log.replay_producers(&mut table).expect("replay");
+        assert_eq!(check(table.get(9), &retry), Ok(Verdict::Append));
+        assert!(check(table.get(9), &Incoming::new(9, 0, 12, 0)).is_err());
     }
 
     #[test]
