@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::BatchSpan;
+use super::compact::{RolledSegment, CLEANED_SUFFIX};
 use super::segment::{self, BatchLoc, Segment};
 use crate::config::LogConfig;
 
@@ -53,6 +54,7 @@ impl PartitionLog {
             .filter_map(|e| segment::parse_log_file_name(&e.file_name().to_string_lossy()))
             .collect();
         names.sort_unstable();
+        remove_unfinished_cleanings(dir)?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             config,
@@ -364,6 +366,70 @@ impl PartitionLog {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+
+    /// Every segment but the active one, oldest first: what the cleaner may rewrite.
+    pub fn rolled_segments(&self) -> Vec<RolledSegment> {
+        let mut rolled: Vec<RolledSegment> = self
+            .segments
+            .values()
+            .map(|s| RolledSegment {
+                base_offset: s.base_offset,
+                first_raft_index: s.first_raft_index,
+                size: s.size(),
+                last_offset: s.last_offset,
+                path: self
+                    .dir
+                    .join(segment::log_file_name(s.base_offset, s.first_raft_index)),
+            })
+            .collect();
+        rolled.pop();
+        rolled
+    }
+
+    /// Puts the cleaner's copy `cleaned` in place of rolled segment `seg` (atomic rename) and
+    /// reloads it, rebuilding its indexes. The copy holds the same batches in the same order,
+    /// so Raft indexes are unchanged. Does nothing (and returns false) if the segment changed
+    /// since the cleaner listed it: removed by retention or truncation, or now the active one.
+    pub fn replace_rolled_segment(
+        &mut self,
+        seg: &RolledSegment,
+        cleaned: &Path,
+    ) -> io::Result<bool> {
+        let unchanged = self.segments.get(&seg.base_offset).is_some_and(|s| {
+            s.first_raft_index == seg.first_raft_index
+                && s.size() == seg.size
+                && s.last_offset == seg.last_offset
+        });
+        let active = self.segments.keys().next_back() == Some(&seg.base_offset);
+        if !unchanged || active {
+            return Ok(false);
+        }
+        std::fs::rename(cleaned, &seg.path)?;
+        File::open(&self.dir)?.sync_all()?;
+        let (reloaded, _) = Segment::open(
+            &self.dir,
+            seg.base_offset,
+            seg.first_raft_index,
+            self.config.index_interval_bytes,
+            false,
+        )?;
+        self.segments.insert(seg.base_offset, reloaded);
+        Ok(true)
+    }
+}
+
+/// A cleaned copy that a crash left before it replaced its segment is not part of the log.
+fn remove_unfinished_cleanings(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(CLEANED_SUFFIX)
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
