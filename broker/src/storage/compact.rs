@@ -778,6 +778,16 @@ pub(crate) mod tests {
             .collect()
     }
 
+    fn records_of_all(mut bytes: &[u8]) -> Vec<(i64, Option<Vec<u8>>, bool)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let h = batch::verify_stored(bytes).expect("valid");
+            out.extend(records_of(&bytes[..h.span.total_len]));
+            bytes = &bytes[h.span.total_len..];
+        }
+        out
+    }
+
     fn all_records(log: &PartitionLog) -> Vec<(i64, Option<Vec<u8>>, bool)> {
         let mut out = Vec::new();
         let mut next = 0;
@@ -877,6 +887,13 @@ pub(crate) mod tests {
         let log = PartitionLog::open(dir.path(), log_config(), &others).expect("reopen");
         assert_eq!(raft_map(&log, &others), before);
         assert_eq!(log.end_offset(), Some(112));
+        // The first segments now hold only empty batches: a read from 0 goes on until it
+        // includes a record (clients take a record-less response for a too-small fetch).
+        let r = log.read(0, 1 << 20, i64::MAX).expect("read").expect("data");
+        assert_eq!(r.first_offset, 0);
+        assert!(!records_of_all(&r.bytes).is_empty());
+        let tiny = log.read(0, 1, i64::MAX).expect("read").expect("data");
+        assert_eq!(tiny.bytes.len(), HEADER_LEN, "max_bytes still bounds the read");
     }
 
     #[test]

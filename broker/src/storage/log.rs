@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::batch::BatchSpan;
+use super::batch::{self, BatchSpan};
 use super::compact::{RolledSegment, CLEANED_SUFFIX};
 use super::segment::{self, BatchLoc, Segment};
 use crate::config::LogConfig;
@@ -171,7 +171,10 @@ impl PartitionLog {
 
     /// Reads whole batches starting with the one holding `offset` (or the next one after a gap),
     /// stopping before `limit_offset` (the high watermark) and after `max_bytes`, but always
-    /// returning a whole first batch (KIP-74).
+    /// returning a whole first batch (KIP-74). A read ends at the end of a segment, unless all
+    /// it holds so far are empty batches (left by compaction): clients such as librdkafka take
+    /// a response without a record for a fetch size too small and grow it until they fail, so
+    /// the read goes on into the next segments until it holds a record.
     pub fn read(
         &self,
         offset: i64,
@@ -184,17 +187,32 @@ impl PartitionLog {
         if first.span.base_offset >= limit_offset {
             return Ok(None);
         }
-        let start = first.position as u64;
-        let mut end = start + first.span.total_len as u64;
-        while end < seg.size() {
-            let span = seg.span_at(end)?;
-            if span.base_offset >= limit_offset || end + span.total_len as u64 - start > max_bytes {
+        let (bytes, mut has_records) = read_segment(seg, first, max_bytes, limit_offset)?;
+        if has_records || bytes.len() as u64 >= max_bytes {
+            return Ok(Some(ReadResult {
+                bytes,
+                first_offset: first.span.base_offset,
+            }));
+        }
+        let mut joined = bytes::BytesMut::from(&bytes[..]);
+        for next in self.segments.range(seg.base_offset + 1..).map(|(_, s)| s) {
+            let room = max_bytes.saturating_sub(joined.len() as u64);
+            if has_records || next.size() == 0 || room == 0 {
                 break;
             }
-            end += span.total_len as u64;
+            let loc = BatchLoc {
+                position: 0,
+                span: next.span_at(0)?,
+            };
+            if loc.span.base_offset >= limit_offset || loc.span.total_len as u64 > room {
+                break;
+            }
+            let (more, records) = read_segment(next, loc, room, limit_offset)?;
+            joined.extend_from_slice(&more);
+            has_records = records;
         }
         Ok(Some(ReadResult {
-            bytes: seg.read(start, end - start)?,
+            bytes: joined.freeze(),
             first_offset: first.span.base_offset,
         }))
     }
@@ -430,6 +448,29 @@ fn remove_unfinished_cleanings(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whole batches of `seg` from `first` on, below `limit_offset`, within `max_bytes` (but at
+/// least `first`); and whether any of them holds a record (a batch with records is longer than
+/// a bare header).
+fn read_segment(
+    seg: &Segment,
+    first: BatchLoc,
+    max_bytes: u64,
+    limit_offset: i64,
+) -> io::Result<(Bytes, bool)> {
+    let start = first.position as u64;
+    let mut end = start + first.span.total_len as u64;
+    let mut has_records = first.span.total_len > batch::HEADER_LEN;
+    while end < seg.size() {
+        let span = seg.span_at(end)?;
+        if span.base_offset >= limit_offset || end + span.total_len as u64 - start > max_bytes {
+            break;
+        }
+        has_records |= span.total_len > batch::HEADER_LEN;
+        end += span.total_len as u64;
+    }
+    Ok((seg.read(start, end - start)?, has_records))
 }
 
 /// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
