@@ -85,7 +85,7 @@ def kafka_python_consume(bootstrap: str, topic: str) -> list[Rec]:
     from kafka import TopicPartition as KTP
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                       auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                      api_version_auto_timeout_ms=10000)
+                      request_timeout_ms=30000)
     try:
         tp = KTP(topic, 0)
         c.assign([tp])
@@ -173,7 +173,8 @@ def test_keyless_record_to_compacted_topic_is_invalid_record(broker_factory):
 
     from kafka import KafkaProducer
     from kafka.errors import InvalidRecordError
-    kp = KafkaProducer(bootstrap_servers=b.bootstrap, retries=0, api_version_auto_timeout_ms=10000)
+    kp = KafkaProducer(bootstrap_servers=b.bootstrap, retries=0, enable_idempotence=False,
+                       request_timeout_ms=30000)
     try:
         with pytest.raises(InvalidRecordError):
             kp.send(topic, value=b"no key", partition=0).get(timeout=30)
