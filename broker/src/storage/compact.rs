@@ -536,6 +536,9 @@ pub(crate) mod tests {
     use crate::config::LogConfig;
     use crate::storage::log::PartitionLog;
 
+    /// A test record: key and value, either null.
+    pub type KV<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
     fn varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         while z >= 0x80 {
@@ -557,11 +560,7 @@ pub(crate) mod tests {
 
     /// A v2 batch of keyed records (timestamp delta = index * 10) compressed with `codec`,
     /// with producer id 77, epoch 3, base sequence 5 and leader epoch 9.
-    pub fn keyed_batch(
-        base_offset: i64,
-        records: &[(Option<&[u8]>, Option<&[u8]>)],
-        codec: i16,
-    ) -> Vec<u8> {
+    pub fn keyed_batch(base_offset: i64, records: &[KV], codec: i16) -> Vec<u8> {
         let mut plain = Vec::new();
         for (i, (k, v)) in records.iter().enumerate() {
             let mut body = vec![0u8];
@@ -609,7 +608,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rewriting_keeps_offsets_and_producer_fields_for_every_codec() {
-        let recs: [(Option<&[u8]>, Option<&[u8]>); 4] = [
+        let recs: [KV; 4] = [
             (Some(b"a"), Some(b"1")),
             (Some(b"b"), Some(b"2")),
             (Some(b"a"), Some(b"3")),
@@ -751,7 +750,7 @@ pub(crate) mod tests {
                 raft += 1;
             }
             let v = format!("v{i}");
-            let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = match i {
+            let recs: Vec<KV> = match i {
                 4 => vec![(Some(b"gone"), Some(b"x")), (None, Some(b"nokey"))],
                 7 => vec![(Some(b"gone"), None)],
                 _ => vec![
@@ -893,7 +892,11 @@ pub(crate) mod tests {
         assert_eq!(r.first_offset, 0);
         assert!(!records_of_all(&r.bytes).is_empty());
         let tiny = log.read(0, 1, i64::MAX).expect("read").expect("data");
-        assert_eq!(tiny.bytes.len(), HEADER_LEN, "max_bytes still bounds the read");
+        assert_eq!(
+            tiny.bytes.len(),
+            HEADER_LEN,
+            "max_bytes still bounds the read"
+        );
     }
 
     #[test]
