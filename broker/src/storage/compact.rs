@@ -691,6 +691,8 @@ pub(crate) mod tests {
             assert_eq!(h.base_timestamp, h.max_timestamp);
             assert_eq!(h.max_timestamp, 1_010);
             assert_eq!(&b[43..57], &original[43..57]);
+            // A follower stores it; a client may not produce it.
+            assert!(batch::verify_produce_records(&b).is_err());
             // Rewriting it again changes nothing.
             assert!(rewrite_batch(&b, |_, _| false).expect("rewrite").is_none());
         }
