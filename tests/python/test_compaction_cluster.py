@@ -1,5 +1,7 @@
-"""Log compaction on the 3-broker loopback cluster: every replica cleans its own copy, and
-after the partition leader is killed the new leader serves the same compacted view."""
+"""Log compaction on the 3-broker loopback cluster: every replica cleans its own copy; a
+replica that was down catches up from the leader's compacted log (followers accept compacted
+and empty batches); after the partition leader is killed the new leader serves the same
+compacted view."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def test_every_replica_compacts_and_a_new_leader_serves_the_compacted_view(clean
     topic = "compacted"
     cluster.create(topic, 1, config={"cleanup.policy": "compact", "segment.bytes": "1024",
                                      "delete.retention.ms": "2000"})
+    leader = cluster.leader(topic, 0)
+    # One follower misses everything and must later copy the leader's compacted batches.
+    late = next(n for n in cluster.brokers if n != leader)
+    cluster.brokers[late].kill9()
     keys = [f"key-{i}".encode() for i in range(4)]
     delivered = produce(cluster.bootstrap(), (Out(topic, 0, keys[i % 4], f"v{i}".encode())
                                               for i in range(300)), batch_num_messages=1)
@@ -42,8 +48,13 @@ def test_every_replica_compacts_and_a_new_leader_serves_the_compacted_view(clean
                                                for i in range(60)), batch_num_messages=1)
     data = {n: tmp_path / f"broker-{n}" for n in cluster.brokers}
     wait(lambda: all(metric(b.metrics_port, "kafka_log_cleaner_records_removed_total") > 200
-                     for b in cluster.brokers.values()),
-         "every replica to remove the overwritten records", timeout=60)
+                     for b in cluster.alive()),
+         "every live replica to remove the overwritten records", timeout=60)
+    cluster.brokers[late].restart()
+    wait(lambda: cluster.fully_replicated(topic, 1, 3),
+         "the late replica to copy the compacted log and rejoin the ISR", timeout=60)
+    wait(lambda: metric(cluster.brokers[late].metrics_port, "kafka_log_cleaner_runs_total") > 0,
+         "the late replica's cleaner to run", timeout=60)
 
     def compacted_on(bootstrap, node):
         active = segment_bases(data[node], topic)[-1]
