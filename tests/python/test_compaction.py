@@ -158,6 +158,29 @@ def test_compacted_topic_keeps_latest_value_per_key_for_every_client(broker_fact
             r.offset for r in delivered if r.offset >= active}, name
 
 
+def test_young_tombstone_stays_while_older_values_of_its_key_go(broker_factory):
+    b = broker_factory(**CLEANER_FLAGS)
+    topic = unique_name("compact-young")
+    create_compacted(b.bootstrap, topic, **{"delete.retention.ms": "600000"})
+    delivered = produce(b.bootstrap, (Out(topic, 0, b"dead", f"v{i}".encode()) for i in range(20)),
+                        batch_num_messages=1)
+    delivered += produce(b.bootstrap, [Out(topic, 0, b"dead", None)])
+    delivered += produce(b.bootstrap, (Out(topic, 0, b"other", f"w{i}".encode()) for i in range(40)),
+                         batch_num_messages=1)
+    tombstone = delivered[20]
+
+    def compacted():
+        active = segment_bases(b.data_dir, topic)[-1]
+        got = consume_all(b.bootstrap, [(topic, 0)], timeout=30)
+        if tombstone.offset >= active or compacted_view_ok(got, delivered, active, set()):
+            return None
+        return got
+
+    got = wait_for(compacted, 60, "the cleaner to compact the rolled segments")
+    dead = [r for r in got if r.key == b"dead"]
+    assert [(r.offset, r.value) for r in dead] == [(tombstone.offset, None)], dead
+
+
 def test_keyless_record_to_compacted_topic_is_invalid_record(broker_factory):
     b = broker_factory(**CLEANER_FLAGS)
     topic = unique_name("compact-keyless")
