@@ -258,7 +258,10 @@ impl Segment {
         };
         let mut loc = self.find(from_offset)?;
         while let Some(l) = loc {
-            if batch_max_timestamp(&self.log, l.position)? >= timestamp {
+            // An empty batch (compaction removed its records) keeps its max timestamp but has
+            // no record to answer with: the answer is in a later batch.
+            let has_records = l.span.total_len > batch::HEADER_LEN;
+            if has_records && batch_max_timestamp(&self.log, l.position)? >= timestamp {
                 return Ok(Some(l));
             }
             let next = l.position as u64 + l.span.total_len as u64;
