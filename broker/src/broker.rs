@@ -191,6 +191,7 @@ impl Broker {
         broker.reconcile(&state).await;
         tokio::spawn(run_reconciler(Arc::downgrade(&broker)));
         tokio::spawn(run_reporter(Arc::downgrade(&broker)));
+        tokio::spawn(crate::cleaner::run(Arc::downgrade(&broker)));
         if broker.config.seeds.is_empty() {
             // A cluster of one: be ready to create topics when `open` returns.
             broker.wait_registered(Duration::from_secs(10)).await;

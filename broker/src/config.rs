@@ -96,6 +96,10 @@ struct FileConfig {
     group_max_size: Option<usize>,
     offsets_topic_num_partitions: Option<i32>,
     offsets_topic_replication_factor: Option<i16>,
+    // Log cleaner (crate::cleaner::CleanerArgs).
+    log_cleaner_backoff_ms: Option<u64>,
+    log_cleaner_min_cleanable_ratio: Option<f64>,
+    log_cleaner_max_keys: Option<usize>,
 }
 
 /// Command line (and environment) of the `broker` binary.
@@ -215,6 +219,8 @@ pub struct Args {
     pub leader_rebalance_interval_ms: Option<u64>,
     #[command(flatten)]
     pub groups: crate::group::GroupArgs,
+    #[command(flatten)]
+    pub cleaner: crate::cleaner::CleanerArgs,
 }
 
 /// The validated configuration the broker runs with.
@@ -253,6 +259,8 @@ pub struct BrokerConfig {
     pub leader_rebalance_interval: Duration,
     /// Consumer groups.
     pub groups: crate::group::GroupConfig,
+    /// Log compaction.
+    pub cleaner: crate::cleaner::CleanerConfig,
 }
 
 /// Settings of a partition log (the broker's flags, with topic-level overrides applied by
@@ -327,6 +335,14 @@ impl BrokerConfig {
                 offsets_topic_replication_factor: file.offsets_topic_replication_factor,
             })
             .resolve()?;
+        let cleaner = args
+            .cleaner
+            .or(crate::cleaner::CleanerArgs {
+                log_cleaner_backoff_ms: file.log_cleaner_backoff_ms,
+                log_cleaner_min_cleanable_ratio: file.log_cleaner_min_cleanable_ratio,
+                log_cleaner_max_keys: file.log_cleaner_max_keys,
+            })
+            .resolve()?;
         let node_id = args.node_id.or(file.node_id).unwrap_or(1);
         let seeds = parse_seeds(args.seeds.as_deref().or(file.seeds.as_deref()))?;
         let advertised_host = args
@@ -353,6 +369,7 @@ impl BrokerConfig {
         };
         let config = Self {
             groups,
+            cleaner,
             node_id,
             listen,
             advertised_host,

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod cleaner;
 pub mod cluster;
 pub mod config;
 pub mod group;

@@ -350,6 +350,11 @@ impl Partition {
         shared.log.read(offset, max_bytes, hw)
     }
 
+    /// The log shared with Raft and fetch; the cleaner reads it and swaps cleaned segments in.
+    pub fn shared_log(&self) -> SharedLog {
+        Arc::clone(&self.log)
+    }
+
     pub fn with_log<T>(
         &self,
         f: impl FnOnce(&crate::storage::log::PartitionLog) -> T,

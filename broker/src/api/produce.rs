@@ -159,7 +159,8 @@ async fn queue(
         tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected batch");
         batch_error_code(&e)
     })?;
-    crate::storage::records::verify(&records, &header).map_err(|e| {
+    let require_keys = partition.settings().cleanup_compact;
+    crate::storage::records::verify(&records, &header, require_keys).map_err(|e| {
         tracing::debug!(topic = %topic.record.name, partition = index, error = %e, "rejected records");
         records_error_code(&e)
     })?;
@@ -232,7 +233,8 @@ fn records_error_code(e: &RecordsError) -> i16 {
         }
         RecordsError::Malformed { .. }
         | RecordsError::OffsetDelta { .. }
-        | RecordsError::TrailingBytes { .. } => ResponseError::InvalidRecord.code(),
+        | RecordsError::TrailingBytes { .. }
+        | RecordsError::MissingKey { .. } => ResponseError::InvalidRecord.code(),
     }
 }
 

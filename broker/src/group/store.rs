@@ -609,7 +609,7 @@ mod tests {
         batch::stamp(&mut b, 1000, 2);
         let h = batch::parse_and_verify(&b).expect("valid batch");
         assert_eq!(h.record_count, 4);
-        crate::storage::records::verify(&b, &h).expect("records walk");
+        crate::storage::records::verify(&b, &h, true).expect("records walk");
         let mut seen = Vec::new();
         let next = for_each_record(&b, |(o, r)| seen.push((o, r.expect("decodes"))));
         assert_eq!(next, Some(1004));

@@ -411,7 +411,7 @@ fn append_batch(
     let header = if data.verified {
         batch::parse_header(&data.batch)
     } else {
-        batch::parse_and_verify(&data.batch)
+        batch::verify_stored(&data.batch)
     }
     .map_err(|e| io_err(io::Error::other(e)))?;
     let mut span = header.span;

@@ -108,6 +108,30 @@ pub fn parse_and_verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// Parses and validates one batch as it may sit in a log: like `parse_and_verify`, but a
+/// compacted batch is accepted too, whose records are fewer than its offset range (the cleaner
+/// keeps baseOffset and lastOffsetDelta) or none at all (an empty batch, header only). Used
+/// for batches replicated from a leader and for the tail of a segment on recovery.
+pub fn verify_stored(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = parse_header(buf)?;
+    let stored = u32::from_be_bytes(take4(buf, 17));
+    let computed = crc32c::crc32c(&buf[CRC_START..header.span.total_len]);
+    if stored != computed {
+        return Err(BatchError::CrcMismatch { stored, computed });
+    }
+    if header.record_count < 0
+        || header.record_count > MAX_RECORDS_PER_BATCH
+        || header.last_offset_delta < header.record_count - 1
+        || header.last_offset_delta < 0
+    {
+        return Err(BatchError::BadRecordCount {
+            count: header.record_count,
+            delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
 /// Reads the header of one whole batch at the start of `buf` without checking its CRC or
 /// counts: for a batch this broker already verified (the produce path checks every batch
 /// before it reaches Raft, so the leader's log append need not hash it again).

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::batch::{self, BatchSpan};
+use super::compact::{RolledSegment, CLEANED_SUFFIX};
 use super::segment::{self, BatchLoc, Segment};
 use crate::config::LogConfig;
 use crate::producer_state::{Incoming, ProducerTable, StoredBatch};
@@ -54,6 +55,7 @@ impl PartitionLog {
             .filter_map(|e| segment::parse_log_file_name(&e.file_name().to_string_lossy()))
             .collect();
         names.sort_unstable();
+        remove_unfinished_cleanings(dir)?;
         let mut log = Self {
             dir: dir.to_path_buf(),
             config,
@@ -175,7 +177,10 @@ impl PartitionLog {
 
     /// Reads whole batches starting with the one holding `offset` (or the next one after a gap),
     /// stopping before `limit_offset` (the high watermark) and after `max_bytes`, but always
-    /// returning a whole first batch (KIP-74).
+    /// returning a whole first batch (KIP-74). A read ends at the end of a segment, unless all
+    /// it holds so far are empty batches (left by compaction): clients such as librdkafka take
+    /// a response without a record for a fetch size too small and grow it until they fail, so
+    /// the read goes on into the next segments until it holds a record.
     pub fn read(
         &self,
         offset: i64,
@@ -188,17 +193,32 @@ impl PartitionLog {
         if first.span.base_offset >= limit_offset {
             return Ok(None);
         }
-        let start = first.position as u64;
-        let mut end = start + first.span.total_len as u64;
-        while end < seg.size() {
-            let span = seg.span_at(end)?;
-            if span.base_offset >= limit_offset || end + span.total_len as u64 - start > max_bytes {
+        let (bytes, mut has_records) = read_segment(seg, first, max_bytes, limit_offset)?;
+        if has_records || bytes.len() as u64 >= max_bytes {
+            return Ok(Some(ReadResult {
+                bytes,
+                first_offset: first.span.base_offset,
+            }));
+        }
+        let mut joined = bytes::BytesMut::from(&bytes[..]);
+        for next in self.segments.range(seg.base_offset + 1..).map(|(_, s)| s) {
+            let room = max_bytes.saturating_sub(joined.len() as u64);
+            if has_records || next.size() == 0 || room == 0 {
                 break;
             }
-            end += span.total_len as u64;
+            let loc = BatchLoc {
+                position: 0,
+                span: next.span_at(0)?,
+            };
+            if loc.span.base_offset >= limit_offset || loc.span.total_len as u64 > room {
+                break;
+            }
+            let (more, records) = read_segment(next, loc, room, limit_offset)?;
+            joined.extend_from_slice(&more);
+            has_records = records;
         }
         Ok(Some(ReadResult {
-            bytes: seg.read(start, end - start)?,
+            bytes: joined.freeze(),
             first_offset: first.span.base_offset,
         }))
     }
@@ -387,6 +407,93 @@ impl PartitionLog {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+
+    /// Every segment but the active one, oldest first: what the cleaner may rewrite.
+    pub fn rolled_segments(&self) -> Vec<RolledSegment> {
+        let mut rolled: Vec<RolledSegment> = self
+            .segments
+            .values()
+            .map(|s| RolledSegment {
+                base_offset: s.base_offset,
+                first_raft_index: s.first_raft_index,
+                size: s.size(),
+                last_offset: s.last_offset,
+                path: self
+                    .dir
+                    .join(segment::log_file_name(s.base_offset, s.first_raft_index)),
+            })
+            .collect();
+        rolled.pop();
+        rolled
+    }
+
+    /// Puts the cleaner's copy `cleaned` in place of rolled segment `seg` (atomic rename) and
+    /// reloads it, rebuilding its indexes. The copy holds the same batches in the same order,
+    /// so Raft indexes are unchanged. Does nothing (and returns false) if the segment changed
+    /// since the cleaner listed it: removed by retention or truncation, or now the active one.
+    pub fn replace_rolled_segment(
+        &mut self,
+        seg: &RolledSegment,
+        cleaned: &Path,
+    ) -> io::Result<bool> {
+        let unchanged = self.segments.get(&seg.base_offset).is_some_and(|s| {
+            s.first_raft_index == seg.first_raft_index
+                && s.size() == seg.size
+                && s.last_offset == seg.last_offset
+        });
+        let active = self.segments.keys().next_back() == Some(&seg.base_offset);
+        if !unchanged || active {
+            return Ok(false);
+        }
+        std::fs::rename(cleaned, &seg.path)?;
+        File::open(&self.dir)?.sync_all()?;
+        let (reloaded, _) = Segment::open(
+            &self.dir,
+            seg.base_offset,
+            seg.first_raft_index,
+            self.config.index_interval_bytes,
+            false,
+        )?;
+        self.segments.insert(seg.base_offset, reloaded);
+        Ok(true)
+    }
+}
+
+/// A cleaned copy that a crash left before it replaced its segment is not part of the log.
+fn remove_unfinished_cleanings(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(CLEANED_SUFFIX)
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whole batches of `seg` from `first` on, below `limit_offset`, within `max_bytes` (but at
+/// least `first`); and whether any of them holds a record (a batch with records is longer than
+/// a bare header).
+fn read_segment(
+    seg: &Segment,
+    first: BatchLoc,
+    max_bytes: u64,
+    limit_offset: i64,
+) -> io::Result<(Bytes, bool)> {
+    let start = first.position as u64;
+    let mut end = start + first.span.total_len as u64;
+    let mut has_records = first.span.total_len > batch::HEADER_LEN;
+    while end < seg.size() {
+        let span = seg.span_at(end)?;
+        if span.base_offset >= limit_offset || end + span.total_len as u64 - start > max_bytes {
+            break;
+        }
+        has_records |= span.total_len > batch::HEADER_LEN;
+        end += span.total_len as u64;
+    }
+    Ok((seg.read(start, end - start)?, has_records))
 }
 
 /// The producer fields of a stored batch whose header starts `head`; None without a producer

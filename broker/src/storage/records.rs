@@ -3,6 +3,7 @@
 //! match the header. Compressed batches are decompressed (into a bounded buffer) for the
 //! check; the stored bytes stay exactly what the producer sent.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use super::batch::{BatchHeader, HEADER_LEN};
@@ -25,31 +26,43 @@ pub enum RecordsError {
     OffsetDelta { index: i32, delta: i64 },
     #[error("{extra} bytes follow the last record")]
     TrailingBytes { extra: usize },
+    #[error("record {index} has no key; a compacted topic cannot accept records without a key")]
+    MissingKey { index: i32 },
 }
 
 /// Checks every record of `batch` (already CRC-verified, header parsed into `header`).
-pub fn verify(batch: &[u8], header: &BatchHeader) -> Result<(), RecordsError> {
+/// With `require_keys` (a compacted topic) a record without a key is refused, as Kafka does.
+pub fn verify(batch: &[u8], header: &BatchHeader, require_keys: bool) -> Result<(), RecordsError> {
+    walk(
+        &decompressed(batch, header)?,
+        header.record_count,
+        require_keys,
+    )
+}
+
+/// The records section of `batch`, decompressed with the codec its attributes name.
+pub fn decompressed<'a>(
+    batch: &'a [u8],
+    header: &BatchHeader,
+) -> Result<Cow<'a, [u8]>, RecordsError> {
     let payload = batch.get(HEADER_LEN..header.span.total_len).unwrap_or(&[]);
     let codec = header.attributes & 0x07;
-    match codec {
-        0 => walk(payload, header.record_count),
-        1 => walk(
-            &bounded(flate2::read::GzDecoder::new(payload))?,
-            header.record_count,
-        ),
-        2 => walk(&snappy(payload)?, header.record_count),
+    Ok(match codec {
+        0 => Cow::Borrowed(payload),
+        1 => Cow::Owned(bounded(flate2::read::GzDecoder::new(payload))?),
+        2 => Cow::Owned(snappy(payload)?),
         3 => {
             let decoder =
                 lz4::Decoder::new(payload).map_err(|e| RecordsError::Decompress(e.to_string()))?;
-            walk(&bounded(decoder)?, header.record_count)
+            Cow::Owned(bounded(decoder)?)
         }
         4 => {
             let decoder = zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| RecordsError::Decompress(e.to_string()))?;
-            walk(&bounded(decoder)?, header.record_count)
+            Cow::Owned(bounded(decoder)?)
         }
-        other => Err(RecordsError::UnknownCodec(other)),
-    }
+        other => return Err(RecordsError::UnknownCodec(other)),
+    })
 }
 
 fn bounded(reader: impl Read) -> Result<Vec<u8>, RecordsError> {
@@ -105,7 +118,7 @@ fn raw_snappy(block: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
 
 /// Walks `count` records: length varint, then attributes, timestamp delta (varlong) and the
 /// offset delta (varint), which must equal the record's index; the record must fit its length.
-fn walk(mut data: &[u8], count: i32) -> Result<(), RecordsError> {
+fn walk(mut data: &[u8], count: i32, require_keys: bool) -> Result<(), RecordsError> {
     for index in 0..count {
         let malformed = |reason| RecordsError::Malformed { index, reason };
         let len = read_varint(&mut data).ok_or(malformed("bad length"))?;
@@ -120,6 +133,9 @@ fn walk(mut data: &[u8], count: i32) -> Result<(), RecordsError> {
         if delta != i64::from(index) {
             return Err(RecordsError::OffsetDelta { index, delta });
         }
+        if require_keys && read_varint(&mut record).ok_or(malformed("bad key length"))? < 0 {
+            return Err(RecordsError::MissingKey { index });
+        }
     }
     if !data.is_empty() {
         return Err(RecordsError::TrailingBytes { extra: data.len() });
@@ -128,7 +144,7 @@ fn walk(mut data: &[u8], count: i32) -> Result<(), RecordsError> {
 }
 
 /// Zig-zag varint (up to 64 bits) as Kafka records use; None when truncated or too long.
-fn read_varint(data: &mut &[u8]) -> Option<i64> {
+pub(crate) fn read_varint(data: &mut &[u8]) -> Option<i64> {
     let mut value: u64 = 0;
     for i in 0..10 {
         let (&byte, rest) = data.split_first()?;
@@ -155,7 +171,18 @@ mod tests {
     fn hand_built_batch_is_valid() {
         let b = make_batch(0, 5, 1);
         let h = parse_and_verify(&b).expect("valid");
-        assert_eq!(verify(&b, &h), Ok(()));
+        assert_eq!(verify(&b, &h, false), Ok(()));
+    }
+
+    #[test]
+    fn keyless_records_are_refused_only_when_keys_are_required() {
+        let b = make_batch(0, 3, 1); // its records have a null key
+        let h = parse_and_verify(&b).expect("valid");
+        assert_eq!(verify(&b, &h, false), Ok(()));
+        assert_eq!(
+            verify(&b, &h, true),
+            Err(RecordsError::MissingKey { index: 0 })
+        );
     }
 
     #[test]
@@ -166,7 +193,7 @@ mod tests {
         recrc(&mut b);
         let h = parse_and_verify(&b).expect("crc fixed");
         assert!(matches!(
-            verify(&b, &h),
+            verify(&b, &h, false),
             Err(RecordsError::OffsetDelta { index: 0, delta: 2 })
         ));
     }
@@ -177,7 +204,7 @@ mod tests {
         b[61] = 0xfe; // a length varint that runs past the batch
         recrc(&mut b);
         let h = parse_and_verify(&b).expect("crc fixed");
-        assert!(verify(&b, &h).is_err());
+        assert!(verify(&b, &h, false).is_err());
     }
 
     #[test]
@@ -186,11 +213,14 @@ mod tests {
         b[22] = 7;
         recrc(&mut b);
         let h = parse_and_verify(&b).expect("crc fixed");
-        assert_eq!(verify(&b, &h), Err(RecordsError::UnknownCodec(7)));
+        assert_eq!(verify(&b, &h, false), Err(RecordsError::UnknownCodec(7)));
         b[22] = 1;
         recrc(&mut b);
         let h = parse_and_verify(&b).expect("crc fixed");
-        assert!(matches!(verify(&b, &h), Err(RecordsError::Decompress(_))));
+        assert!(matches!(
+            verify(&b, &h, false),
+            Err(RecordsError::Decompress(_))
+        ));
     }
 
     #[test]
@@ -224,7 +254,7 @@ mod tests {
             b[21..23].copy_from_slice(&codec.to_be_bytes());
             recrc(&mut b);
             let h = parse_and_verify(&b).expect("valid header");
-            assert_eq!(verify(&b, &h), Ok(()), "codec {codec}");
+            assert_eq!(verify(&b, &h, false), Ok(()), "codec {codec}");
         }
     }
 }
