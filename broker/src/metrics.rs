@@ -30,6 +30,8 @@ pub struct Metrics {
     pub ring_busy: IntCounter,
     pub ring_config_fetches: IntCounter,
     pub ring_epoch: IntGauge,
+    pub log_segments_deleted: IntCounter,
+    pub log_bytes_deleted: IntCounter,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,14 @@ impl Metrics {
             ),
             ring_epoch: IntGauge::new("gsn_ring_epoch", "Ring epoch the sequencer client uses")
                 .expect("static metric definition"),
+            log_segments_deleted: counter(
+                "gsn_log_segments_deleted_total",
+                "Log segments deleted by retention, DeleteRecords or an installed snapshot",
+            ),
+            log_bytes_deleted: counter(
+                "gsn_log_bytes_deleted_total",
+                "Bytes of log segments deleted by retention, DeleteRecords or an installed snapshot",
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),
@@ -136,6 +146,8 @@ impl Metrics {
             Box::new(m.ring_busy.clone()),
             Box::new(m.ring_config_fetches.clone()),
             Box::new(m.ring_epoch.clone()),
+            Box::new(m.log_segments_deleted.clone()),
+            Box::new(m.log_bytes_deleted.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

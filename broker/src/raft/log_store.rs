@@ -35,6 +35,53 @@ pub struct LogShared {
     other_indexes: BTreeSet<u64>,
     last_purged: Option<LogId>,
     last_log_id: Option<LogId>,
+    /// Kafka's log start offset: 0 until something is deleted, then the first offset a
+    /// consumer may read. Persisted (RocksDB, synced) whenever it moves.
+    log_start: i64,
+    /// Segments and bytes deleted by purges since the last `take_deleted`.
+    deleted: (u64, u64),
+}
+
+impl LogShared {
+    pub fn log_start(&self) -> i64 {
+        self.log_start
+    }
+
+    /// Segments and bytes deleted since the last call (for the metrics).
+    pub fn take_deleted(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.deleted)
+    }
+
+    /// The Raft log id of entry `index`, if this log holds it.
+    pub fn log_id_at(&self, index: u64, node_id: u64) -> io::Result<Option<LogId>> {
+        if let Some(e) = self.others.get(&index) {
+            return Ok(Some(e.log_id));
+        }
+        Ok(self
+            .log
+            .batch_by_raft_index(index, &self.other_indexes)?
+            .map(|(found, _)| {
+                LogId::new(
+                    CommittedLeaderId::new(found.loc.span.leader_epoch.max(0) as u64, node_id),
+                    index,
+                )
+            }))
+    }
+}
+
+/// Raises the log start offset of `group` to `offset` (never lowers it) and persists it.
+pub fn raise_log_start(
+    meta: &MetaStore,
+    group: &str,
+    shared: &mut LogShared,
+    offset: i64,
+) -> Result<(), StorageError> {
+    if offset > shared.log_start {
+        meta.put_raft(group, "log_start", &offset, true)
+            .map_err(io_err)?;
+        shared.log_start = offset;
+    }
+    Ok(())
 }
 
 pub type SharedLog = Arc<RwLock<LogShared>>;
@@ -83,12 +130,18 @@ impl LogStore {
         let other_indexes: BTreeSet<u64> = others.keys().copied().collect();
         let log = PartitionLog::open(dir, config, &other_indexes).map_err(read_err)?;
         let last_purged: Option<LogId> = meta.get_raft(group, "purged").map_err(read_err)?;
+        let log_start: i64 = meta
+            .get_raft(group, "log_start")
+            .map_err(read_err)?
+            .unwrap_or(0);
         let mut shared = LogShared {
             log,
             others,
             other_indexes,
             last_purged,
             last_log_id: None,
+            log_start,
+            deleted: (0, 0),
         };
         // Non-batch entries past the end of the recovered log were written after batches that
         // a crash tore off; they are not part of the log any more.
@@ -346,11 +399,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Segments are removed by retention, not by Raft; only non-batch entries go here.
+        // Raft purges only what a snapshot covers (retention or DeleteRecords built it, or a
+        // leader sent it): the batches up to `log_id` go with their segments. The purge point
+        // is stored first, so a crash in between leaves files that the next purge (openraft
+        // repeats it at start) or open removes, never a log that claims purged entries.
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
         self.meta
             .put_raft(&self.group, "purged", &log_id, true)
             .map_err(io_err)?;
+        let others = shared.other_indexes.clone();
+        let outcome = shared
+            .log
+            .purge_to_raft_index(log_id.index, &others)
+            .map_err(io_err)?;
+        shared.deleted.0 += outcome.segments;
+        shared.deleted.1 += outcome.bytes;
+        // An emptied log takes its start from the snapshot (state machine install).
+        if let Some(start) = outcome.first_kept_offset {
+            raise_log_start(&self.meta, &self.group, &mut shared, start)?;
+        }
+        tracing::info!(
+            group = %self.group,
+            upto = log_id.index,
+            segments = outcome.segments,
+            bytes = outcome.bytes,
+            log_start = shared.log_start,
+            "purged partition log"
+        );
         forget_others(&self.meta, &self.group, &mut shared, ..=log_id.index)?;
         shared.last_purged = Some(log_id);
         if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
