@@ -93,7 +93,13 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
     let deadline = tokio::time::Instant::now() + timeout;
     let mut resp = ProduceResponse::default();
     for (mut head, parts) in queued {
+        let topic = broker.topic(head.name.as_str());
         for (index, pending) in parts {
+            // Kafka answers -1 with an error and the partition's log start offset otherwise.
+            let log_start = topic
+                .as_ref()
+                .and_then(|t| t.local(index).ok())
+                .map_or(-1, |p| p.log_start_offset());
             let result = match pending {
                 Err(code) => Err(code),
                 Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
@@ -102,8 +108,9 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
                     Ok(Ok(r)) => r.map_err(append_error_code),
                 },
             };
-            head.partition_responses
-                .push(partition_response(broker, index, result, version));
+            head.partition_responses.push(partition_response(
+                broker, index, result, version, log_start,
+            ));
         }
         resp.responses.push(head);
     }
@@ -115,12 +122,13 @@ fn partition_response(
     index: i32,
     result: Result<i64, i16>,
     version: i16,
+    log_start: i64,
 ) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
     if version >= 5 {
-        r.log_start_offset = 0;
+        r.log_start_offset = if result.is_ok() { log_start } else { -1 };
     }
     match result {
         Ok(base) => r.with_base_offset(base),

@@ -481,3 +481,114 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::state_machine::{SnapshotData, StateMachineStore};
+    use crate::storage::batch::tests::make_batch;
+    use openraft::storage::RaftStateMachine;
+    use openraft::SnapshotMeta;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 200,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        }
+    }
+
+    /// One-record batches at offsets 0, 10, 20, ... as Raft entries `rafts` (term 1); two
+    /// per segment.
+    fn fill(store: &LogStore, rafts: &[u64]) {
+        let mut shared = store.shared.write().expect("lock");
+        for (i, raft) in rafts.iter().enumerate() {
+            let base = i as i64 * 10;
+            let mut b = make_batch(0, 1, base);
+            batch::stamp(&mut b, base, 1);
+            let h = batch::parse_and_verify(&b).expect("valid");
+            shared
+                .log
+                .append(*raft, &b, h.span, h.max_timestamp, 0)
+                .expect("append");
+            shared.last_log_id = Some(store.log_id(1, *raft));
+        }
+    }
+
+    fn open(dir: &std::path::Path, meta: &Arc<MetaStore>) -> LogStore {
+        LogStore::open("g", 1, &dir.join("p"), config(), Arc::clone(meta)).expect("open")
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_segments_and_a_restart_keeps_the_log_start() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(store.shared.read().expect("lock").log_start(), 0);
+        store.purge(store.log_id(1, 2)).await.expect("purge");
+        {
+            let mut shared = store.shared.write().expect("lock");
+            assert_eq!(shared.log_start(), 20);
+            assert_eq!(shared.log.segment_count(), 2);
+            assert_eq!(shared.take_deleted().0, 1);
+        }
+        drop(store);
+        let mut store = open(tmp.path(), &meta);
+        assert_eq!(store.shared.read().expect("lock").log_start(), 20);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
+        let entries = store.try_get_log_entries(3..=6).await.expect("read");
+        assert_eq!(
+            entries.len(),
+            4,
+            "the entries above the purge point are intact"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_beyond_the_local_end_empties_the_log() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3]);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (mut sm, hw) =
+            StateMachineStore::open("g", Arc::clone(&meta), Arc::clone(&notify), store.shared())
+                .expect("sm");
+        let snap_id = store.log_id(2, 50);
+        let snap_meta = SnapshotMeta {
+            last_log_id: Some(snap_id),
+            snapshot_id: "2-50".to_string(),
+            ..SnapshotMeta::default()
+        };
+        let data = serde_json::to_vec(&SnapshotData {
+            log_start: 400,
+            high_watermark: 420,
+        })
+        .expect("json");
+        sm.install_snapshot(&snap_meta, Box::new(std::io::Cursor::new(data)))
+            .await
+            .expect("install");
+        store.purge(snap_id).await.expect("purge");
+        assert_eq!(*hw.borrow(), 420);
+        {
+            let shared = store.shared.read().expect("lock");
+            assert_eq!(shared.log.segment_count(), 0);
+            assert_eq!(shared.log_start(), 400);
+        }
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(snap_id));
+        drop((sm, store));
+        let store = open(tmp.path(), &meta);
+        let (mut sm, hw) =
+            StateMachineStore::open("g", Arc::clone(&meta), notify, store.shared()).expect("sm");
+        assert_eq!(store.shared.read().expect("lock").log_start(), 400);
+        assert_eq!(*hw.borrow(), 420);
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(snap_id));
+        let current = sm.get_current_snapshot().await.expect("snapshot");
+        assert_eq!(current.map(|s| s.meta.last_log_id), Some(Some(snap_id)));
+    }
+}
