@@ -44,7 +44,7 @@ def wait(cond, what, timeout=60.0):
 class Cluster:
     """N brokers with --seeds, on a shared ring; every process killed at the end."""
 
-    def __init__(self, tmp, ring: Ring, n: int = 3):
+    def __init__(self, tmp, ring: Ring, n: int = 3, **extra):
         self.tmp = tmp
         # Every port of every broker in one call, so they cannot collide with each other.
         ports = free_ports(4 * n)
@@ -62,7 +62,7 @@ class Cluster:
                 internal_listen=f"127.0.0.1:{internal[i]}",
                 internal_advertised=f"127.0.0.1:{internal[i]}",
                 raft_heartbeat_ms=100, raft_election_ms=400,
-                replica_lag_time_max_ms=2000, leader_rebalance_interval_ms=2000)
+                replica_lag_time_max_ms=2000, leader_rebalance_interval_ms=2000, **extra)
         wait(lambda: all(len(self.metadata(b).brokers) == n for b in self.alive()),
              f"every broker to list {n} brokers")
 

@@ -247,6 +247,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.persist()?;
         self.high_watermark.send_replace(self.state.high_watermark);
         self.data_arrived.notify_waiters();
+        tracing::info!(
+            group = %self.group,
+            upto = ?meta.last_log_id,
+            log_start = data.log_start,
+            "installed partition snapshot from the leader"
+        );
         Ok(())
     }
 
