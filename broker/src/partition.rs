@@ -312,6 +312,11 @@ impl Partition {
         self.log.read().map_or(0, |s| s.log_start())
     }
 
+    /// Bytes of this replica's segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.read().map_or(0, |s| s.log.size_bytes())
+    }
+
     /// Segments and bytes this replica deleted since the last call.
     pub fn take_deleted(&self) -> (u64, u64) {
         self.log.write().map_or((0, 0), |mut s| s.take_deleted())

@@ -159,3 +159,33 @@ def test_fetch_below_the_log_start_is_out_of_range(broker_factory):
         assert m.offset() == low
     finally:
         c.close()
+
+
+def test_describe_log_dirs_reports_partition_sizes(broker_factory):
+    from kafka.admin import KafkaAdminClient
+
+    b = broker_factory()
+    topic = unique_name("logdirs")
+    create(b.bootstrap, topic, **{"segment.bytes": str(1 << 20)})
+    produce_chunks(b.bootstrap, topic, 3)
+    on_disk = sum(f.stat().st_size for f in segment_files(b.data_dir, topic))
+    a = KafkaAdminClient(bootstrap_servers=b.bootstrap)
+    try:
+        answers = a.describe_log_dirs()
+        assert len(answers) == 1, answers
+        dirs = answers[0]["log_dirs"]
+        assert len(dirs) == 1, dirs
+        d = dirs[0]
+        assert d["error_code"] == 0 and Path(d["log_dir"]) == Path(b.data_dir), d
+        assert d["total_bytes"] > 0 and 0 <= d["usable_bytes"] <= d["total_bytes"], d
+        mine = [t for t in d["topics"] if t["name"] == topic]
+        assert len(mine) == 1, d["topics"]
+        parts = mine[0]["partitions"]
+        assert [p["partition_index"] for p in parts] == [0]
+        assert parts[0]["partition_size"] == on_disk > 0
+        assert parts[0]["offset_lag"] == 0 and parts[0]["is_future_key"] is False
+        # Asking for a topic the broker does not hold lists nothing.
+        none = a.describe_log_dirs(topic_partitions={"no-such-topic": [0]})
+        assert none[0]["log_dirs"][0]["topics"] == [], none
+    finally:
+        a.close()

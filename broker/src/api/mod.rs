@@ -7,6 +7,7 @@ mod create_topics;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_log_dirs;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -121,6 +122,7 @@ pub async fn start(
         ApiKey::ListOffsets => serve!(list_offsets),
         ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
         ApiKey::DescribeCluster => serve!(describe_cluster),
+        ApiKey::DescribeLogDirs => serve!(describe_log_dirs),
         ApiKey::DescribeConfigs => serve!(describe_configs),
         ApiKey::FindCoordinator => serve!(find_coordinator),
         ApiKey::JoinGroup => serve_client!(join_group),
@@ -173,6 +175,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

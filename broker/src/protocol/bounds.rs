@@ -191,6 +191,7 @@ const APIS: &[Api] = &[
     api(37, 0, 3, 2, &CREATE_PARTITIONS_REQUEST),
     // DescribeCluster has been flexible since its first version.
     api(60, 0, 2, 0, &DESCRIBE_CLUSTER_REQUEST),
+    api(35, 1, 4, 2, &DESCRIBE_LOG_DIRS_REQUEST),
     // Consumer groups.
     api(8, 2, 9, 8, &OFFSET_COMMIT_REQUEST),
     api(9, 1, 9, 6, &OFFSET_FETCH_REQUEST),
@@ -390,6 +391,16 @@ const DESCRIBE_CLUSTER_REQUEST: Layout = fields(&[
     Field::new("endpoint_type", Int8).since(1),
     Field::new("include_fenced_brokers", Bool).since(2),
 ]);
+
+// DescribeLogDirs (35)
+const DESCRIBABLE_LOG_DIR_TOPIC: Ty = Struct(&fields(&[
+    Field::new("topic", String),
+    Field::new("partitions", Array(&Int32)),
+]));
+const DESCRIBE_LOG_DIRS_REQUEST: Layout = fields(&[Field::new(
+    "topics",
+    NullableArray(&DESCRIBABLE_LOG_DIR_TOPIC),
+)]);
 
 // OffsetCommit (8)
 const OFFSET_COMMIT_REQUEST_PARTITION: Ty = Struct(&fields(&[
@@ -738,9 +749,10 @@ mod tests {
     use kafka_protocol::messages::{
         api_versions_request::ApiVersionsRequest, create_partitions_request as cp,
         create_topics_request as ct, delete_topics_request as dt, describe_cluster_request as dc,
-        describe_configs_request as dcfg, fetch_request as fe, list_offsets_request as lo,
-        metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
-        BrokerId, GroupId, TopicName, TransactionalId,
+        describe_configs_request as dcfg, describe_log_dirs_request as dld, fetch_request as fe,
+        list_offsets_request as lo, metadata_request as md,
+        offset_for_leader_epoch_request as ofle, produce_request as pr, BrokerId, GroupId,
+        TopicName, TransactionalId,
     };
     use kafka_protocol::messages::{
         delete_groups_request as dg, describe_groups_request as dgr,
@@ -805,6 +817,7 @@ mod tests {
             32 => len::<dcfg::DescribeConfigsRequest>(body, version),
             37 => len::<cp::CreatePartitionsRequest>(body, version),
             60 => len::<dc::DescribeClusterRequest>(body, version),
+            35 => len::<dld::DescribeLogDirsRequest>(body, version),
             8 => len::<oc::OffsetCommitRequest>(body, version),
             9 => len::<of::OffsetFetchRequest>(body, version),
             10 => len::<fc::FindCoordinatorRequest>(body, version),
@@ -1134,6 +1147,19 @@ mod tests {
         }
     }
 
+    fn describe_log_dirs(v: i16) -> dld::DescribeLogDirsRequest {
+        // Every other version asks for everything (null topics).
+        if v % 2 == 0 {
+            return dld::DescribeLogDirsRequest::default().with_topics(None);
+        }
+        dld::DescribeLogDirsRequest::default().with_topics(Some(vec![
+            dld::DescribableLogDirTopic::default()
+                .with_topic(topic("a"))
+                .with_partitions(vec![0, 1, 2]),
+            dld::DescribableLogDirTopic::default().with_topic(topic("bb")),
+        ]))
+    }
+
     // ---- consumer groups ---------------------------------------------------------------
 
     fn group(v: &'static str) -> GroupId {
@@ -1347,6 +1373,7 @@ mod tests {
         cases.extend(cases_for(describe_configs));
         cases.extend(cases_for(create_partitions));
         cases.extend(cases_for(describe_cluster));
+        cases.extend(cases_for(describe_log_dirs));
         cases.extend(cases_for(offset_commit));
         cases.extend(cases_for(offset_fetch));
         cases.extend(cases_for(find_coordinator));
@@ -1396,6 +1423,7 @@ mod tests {
         check::<dcfg::DescribeConfigsRequest>();
         check::<cp::CreatePartitionsRequest>();
         check::<dc::DescribeClusterRequest>();
+        check::<dld::DescribeLogDirsRequest>();
         check::<oc::OffsetCommitRequest>();
         check::<of::OffsetFetchRequest>();
         check::<fc::FindCoordinatorRequest>();
@@ -1407,7 +1435,7 @@ mod tests {
         check::<lgr::ListGroupsRequest>();
         check::<dg::DeleteGroupsRequest>();
         check::<od::OffsetDeleteRequest>();
-        assert_eq!(APIS.len(), 22);
+        assert_eq!(APIS.len(), 23);
         // Every served API is walked, and nothing else.
         for (key, min, max, _) in crate::protocol::SUPPORTED {
             let api = APIS.iter().find(|a| a.key == *key as i16);
