@@ -874,6 +874,7 @@ async fn run_reconciler(broker: std::sync::Weak<Broker>) {
         let current = Arc::clone(&state.borrow_and_update());
         let Some(b) = broker.upgrade() else { return };
         b.reconcile(&current).await;
+        b.apply_low_watermarks(&current);
     }
 }
 
@@ -891,6 +892,22 @@ async fn run_reporter(broker: std::sync::Weak<Broker>) {
     }
 }
 
+impl Broker {
+    /// Raises the log start of every local replica to its DeleteRecords low watermark.
+    fn apply_low_watermarks(&self, state: &ClusterState) {
+        for topic in self.topics() {
+            let Some(t) = state.topic_by_id(&topic.record.id) else {
+                continue;
+            };
+            for (index, lw) in &t.low_watermarks {
+                if let Some(p) = topic.partition(*index) {
+                    p.apply_low_watermark(*lw);
+                }
+            }
+        }
+    }
+}
+
 /// Applies retention to every local replica each `--log-retention-check-interval-ms`, and
 /// counts what the purges deleted.
 async fn run_retention(broker: std::sync::Weak<Broker>) {
@@ -904,6 +921,7 @@ async fn run_retention(broker: std::sync::Weak<Broker>) {
         tokio::time::sleep(every).await;
         let Some(b) = broker.upgrade() else { return };
         let now = crate::raft::log_store::now_ms();
+        b.apply_low_watermarks(&b.cluster.state());
         for topic in b.topics() {
             for p in topic.partitions.iter().flatten() {
                 p.enforce_retention(now).await;

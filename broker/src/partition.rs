@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::cluster::network::{Network, PartitionRoute};
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, RaftTiming};
-use crate::raft::log_store::{LogStore, SharedLog};
+use crate::raft::log_store::{raise_log_start, LogStore, SharedLog};
 use crate::raft::state_machine::{SnapshotTarget, StateMachineStore, TargetSlot};
 use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
 use crate::sequencer::SequencerClient;
@@ -88,6 +88,9 @@ pub struct Partition {
     settings: std::sync::RwLock<TopicSettings>,
     /// Where retention tells the snapshot builder which entries to cover.
     snapshot_target: TargetSlot,
+    meta: Arc<MetaStore>,
+    /// Raft storage group name (RocksDB key prefix).
+    group: String,
 }
 
 /// What one retention pass on a partition asked for.
@@ -198,6 +201,8 @@ impl Partition {
             isr: Mutex::new(IsrTracker::default()),
             settings: std::sync::RwLock::new(env.settings),
             snapshot_target,
+            meta: Arc::clone(&env.meta),
+            group: spec.group.to_string(),
         }))
     }
 
@@ -312,6 +317,20 @@ impl Partition {
         self.log.read().map_or(0, |s| s.log_start())
     }
 
+    /// DeleteRecords: raises the log start offset to `low_watermark` (persisted); the
+    /// segments entirely below it go at the next retention pass.
+    pub fn apply_low_watermark(&self, low_watermark: i64) {
+        let Ok(mut shared) = self.log.write() else {
+            return;
+        };
+        if low_watermark <= shared.log_start() {
+            return;
+        }
+        if let Err(e) = raise_log_start(&self.meta, &self.group, &mut shared, low_watermark) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot store the log start offset");
+        }
+    }
+
     /// Bytes of this replica's segment files.
     pub fn size_bytes(&self) -> u64 {
         self.log.read().map_or(0, |s| s.log.size_bytes())
@@ -328,12 +347,17 @@ impl Partition {
     /// deletes the segments (`LogStore::purge`). Returns what was asked for.
     pub async fn enforce_retention(&self, now_ms: i64) -> Option<RetentionRequest> {
         let settings = self.settings();
-        if !settings.cleanup_delete || (settings.retention_ms < 0 && settings.retention_bytes < 0) {
-            return None;
-        }
+        let log_start = self.log_start_offset();
+        // cleanup.policy without `delete`: only what DeleteRecords put below the log start.
+        let (retention_ms, retention_bytes) = if settings.cleanup_delete {
+            (settings.retention_ms, settings.retention_bytes)
+        } else {
+            (-1, -1)
+        };
         let policy = RetentionPolicy {
-            retention_ms: settings.retention_ms,
-            retention_bytes: settings.retention_bytes,
+            retention_ms,
+            retention_bytes,
+            delete_below: log_start,
             now_ms,
         };
         let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index)?;
@@ -355,7 +379,7 @@ impl Partition {
         if let Ok(mut slot) = self.snapshot_target.lock() {
             *slot = Some(SnapshotTarget {
                 last_log_id,
-                log_start: cut.new_start_offset,
+                log_start: cut.new_start_offset.max(log_start),
             });
         }
         if let Err(e) = self.raft.trigger().snapshot().await {

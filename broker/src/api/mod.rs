@@ -4,6 +4,7 @@
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
@@ -123,6 +124,7 @@ pub async fn start(
         ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
         ApiKey::DescribeCluster => serve!(describe_cluster),
         ApiKey::DescribeLogDirs => serve!(describe_log_dirs),
+        ApiKey::DeleteRecords => serve!(delete_records),
         ApiKey::DescribeConfigs => serve!(describe_configs),
         ApiKey::FindCoordinator => serve!(find_coordinator),
         ApiKey::JoinGroup => serve_client!(join_group),
@@ -176,6 +178,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
+        ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

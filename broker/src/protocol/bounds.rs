@@ -192,6 +192,7 @@ const APIS: &[Api] = &[
     // DescribeCluster has been flexible since its first version.
     api(60, 0, 2, 0, &DESCRIBE_CLUSTER_REQUEST),
     api(35, 1, 4, 2, &DESCRIBE_LOG_DIRS_REQUEST),
+    api(21, 0, 2, 2, &DELETE_RECORDS_REQUEST),
     // Consumer groups.
     api(8, 2, 9, 8, &OFFSET_COMMIT_REQUEST),
     api(9, 1, 9, 6, &OFFSET_FETCH_REQUEST),
@@ -390,6 +391,20 @@ const DESCRIBE_CLUSTER_REQUEST: Layout = fields(&[
     Field::new("include_cluster_authorized_operations", Bool),
     Field::new("endpoint_type", Int8).since(1),
     Field::new("include_fenced_brokers", Bool).since(2),
+]);
+
+// DeleteRecords (21)
+const DELETE_RECORDS_PARTITION: Ty = Struct(&fields(&[
+    Field::new("partition_index", Int32),
+    Field::new("offset", Int64),
+]));
+const DELETE_RECORDS_TOPIC: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("partitions", Array(&DELETE_RECORDS_PARTITION)),
+]));
+const DELETE_RECORDS_REQUEST: Layout = fields(&[
+    Field::new("topics", Array(&DELETE_RECORDS_TOPIC)),
+    Field::new("timeout_ms", Int32),
 ]);
 
 // DescribeLogDirs (35)
@@ -748,11 +763,11 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::{
         api_versions_request::ApiVersionsRequest, create_partitions_request as cp,
-        create_topics_request as ct, delete_topics_request as dt, describe_cluster_request as dc,
-        describe_configs_request as dcfg, describe_log_dirs_request as dld, fetch_request as fe,
-        list_offsets_request as lo, metadata_request as md,
-        offset_for_leader_epoch_request as ofle, produce_request as pr, BrokerId, GroupId,
-        TopicName, TransactionalId,
+        create_topics_request as ct, delete_records_request as drr, delete_topics_request as dt,
+        describe_cluster_request as dc, describe_configs_request as dcfg,
+        describe_log_dirs_request as dld, fetch_request as fe, list_offsets_request as lo,
+        metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
+        BrokerId, GroupId, TopicName, TransactionalId,
     };
     use kafka_protocol::messages::{
         delete_groups_request as dg, describe_groups_request as dgr,
@@ -818,6 +833,7 @@ mod tests {
             37 => len::<cp::CreatePartitionsRequest>(body, version),
             60 => len::<dc::DescribeClusterRequest>(body, version),
             35 => len::<dld::DescribeLogDirsRequest>(body, version),
+            21 => len::<drr::DeleteRecordsRequest>(body, version),
             8 => len::<oc::OffsetCommitRequest>(body, version),
             9 => len::<of::OffsetFetchRequest>(body, version),
             10 => len::<fc::FindCoordinatorRequest>(body, version),
@@ -1147,6 +1163,21 @@ mod tests {
         }
     }
 
+    fn delete_records(_v: i16) -> drr::DeleteRecordsRequest {
+        drr::DeleteRecordsRequest::default()
+            .with_topics(vec![drr::DeleteRecordsTopic::default()
+                .with_name(topic("a"))
+                .with_partitions(vec![
+                    drr::DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(-1),
+                    drr::DeleteRecordsPartition::default()
+                        .with_partition_index(3)
+                        .with_offset(1 << 40),
+                ])])
+            .with_timeout_ms(5_000)
+    }
+
     fn describe_log_dirs(v: i16) -> dld::DescribeLogDirsRequest {
         // Every other version asks for everything (null topics).
         if v % 2 == 0 {
@@ -1374,6 +1405,7 @@ mod tests {
         cases.extend(cases_for(create_partitions));
         cases.extend(cases_for(describe_cluster));
         cases.extend(cases_for(describe_log_dirs));
+        cases.extend(cases_for(delete_records));
         cases.extend(cases_for(offset_commit));
         cases.extend(cases_for(offset_fetch));
         cases.extend(cases_for(find_coordinator));
@@ -1424,6 +1456,7 @@ mod tests {
         check::<cp::CreatePartitionsRequest>();
         check::<dc::DescribeClusterRequest>();
         check::<dld::DescribeLogDirsRequest>();
+        check::<drr::DeleteRecordsRequest>();
         check::<oc::OffsetCommitRequest>();
         check::<of::OffsetFetchRequest>();
         check::<fc::FindCoordinatorRequest>();
@@ -1435,7 +1468,7 @@ mod tests {
         check::<lgr::ListGroupsRequest>();
         check::<dg::DeleteGroupsRequest>();
         check::<od::OffsetDeleteRequest>();
-        assert_eq!(APIS.len(), 23);
+        assert_eq!(APIS.len(), 24);
         // Every served API is walked, and nothing else.
         for (key, min, max, _) in crate::protocol::SUPPORTED {
             let api = APIS.iter().find(|a| a.key == *key as i16);
@@ -1489,8 +1522,8 @@ mod tests {
                 );
             }
         }
-        // DeleteRecords, InitProducerId, an unknown key.
-        for key in [21, 22, 1000, -1] {
+        // InitProducerId, an unknown key.
+        for key in [22, 1000, -1] {
             assert_eq!(
                 check_request_body(key, 0, &[0; 64]),
                 Err(unsupported(key, 0))

@@ -28,6 +28,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3, 0),
     (ApiKey::DescribeCluster, 0, 2, 0),
     (ApiKey::DescribeLogDirs, 1, 4, 1),
+    (ApiKey::DeleteRecords, 0, 2, 0),
     // Consumer groups (classic protocol).
     (ApiKey::OffsetCommit, 2, 9, 2),
     (ApiKey::OffsetFetch, 1, 9, 1),

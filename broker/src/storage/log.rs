@@ -395,7 +395,9 @@ impl PartitionLog {
                 && policy.now_ms.saturating_sub(seg.max_timestamp) > policy.retention_ms;
             let oversized = policy.retention_bytes >= 0
                 && remaining.saturating_sub(seg.size()) >= policy.retention_bytes as u64;
-            if !expired && !oversized {
+            // Every offset of the segment lies below the log start (DeleteRecords).
+            let below_start = next.base_offset <= policy.delete_below;
+            if !expired && !oversized && !below_start {
                 break;
             }
             remaining -= seg.size();
@@ -467,6 +469,8 @@ pub struct RetentionPolicy {
     pub retention_ms: i64,
     /// -1: no size limit.
     pub retention_bytes: i64,
+    /// Segments whose every offset lies below this (the log start) go too.
+    pub delete_below: i64,
     pub now_ms: i64,
 }
 
@@ -612,6 +616,7 @@ mod tests {
         RetentionPolicy {
             retention_ms,
             retention_bytes: -1,
+            delete_below: 0,
             now_ms,
         }
     }
@@ -636,6 +641,29 @@ mod tests {
     }
 
     #[test]
+    fn segments_below_the_log_start_go_whatever_the_retention_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
+        let below = |delete_below: i64| RetentionPolicy {
+            retention_ms: -1,
+            retention_bytes: -1,
+            delete_below,
+            now_ms: 0,
+        };
+        assert_eq!(
+            log.retention_cut(below(19), 6),
+            None,
+            "offset 10 is still readable"
+        );
+        assert_eq!(log.retention_cut(below(20), 6).map(|c| c.segments), Some(1));
+        assert_eq!(log.retention_cut(below(35), 6).map(|c| c.segments), Some(1));
+        assert_eq!(
+            log.retention_cut(below(1_000), 6).map(|c| c.segments),
+            Some(2)
+        );
+    }
+
+    #[test]
     fn retention_only_takes_applied_segments() {
         let dir = tempfile::tempdir().expect("tmp");
         let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
@@ -655,6 +683,7 @@ mod tests {
         let policy = |bytes: u64| RetentionPolicy {
             retention_ms: -1,
             retention_bytes: bytes as i64,
+            delete_below: 0,
             now_ms: 0,
         };
         let cut = log.retention_cut(policy(seg), 6).expect("cut");
