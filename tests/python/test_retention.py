@@ -189,3 +189,50 @@ def test_describe_log_dirs_reports_partition_sizes(broker_factory):
         assert none[0]["log_dirs"][0]["topics"] == [], none
     finally:
         a.close()
+
+
+def test_delete_records_moves_the_log_start(broker_factory):
+    from confluent_kafka import KafkaError, KafkaException
+    from kafka import TopicPartition as KTP
+    from kafka.admin import KafkaAdminClient
+
+    b = broker_factory(log_retention_check_interval_ms=200)
+    topic = unique_name("delrec")
+    create(b.bootstrap, topic)  # no retention: only DeleteRecords deletes
+    delivered = produce_chunks(b.bootstrap, topic, 10)
+    first_file = segment_files(b.data_dir, topic)[0]
+    a = admin(b.bootstrap)
+
+    # confluent-kafka: delete below a record in the middle of a batch.
+    cut = delivered[25].offset
+    res = a.delete_records([TopicPartition(topic, 0, cut)], operation_timeout=20)
+    deleted = list(res.values())[0].result(timeout=30)
+    assert deleted.low_watermark == cut
+    assert watermarks(b.bootstrap, topic)[0] == cut
+    got = consume_all(b.bootstrap, [(topic, 0)], expect=len(delivered) - 25)
+    assert [r.value for r in got] == [r.value for r in delivered[25:]]
+    wait_for(lambda: not first_file.exists(), 20, "the segment below the low watermark to go")
+
+    # Beyond the high watermark: OFFSET_OUT_OF_RANGE.
+    high = watermarks(b.bootstrap, topic)[1]
+    res = a.delete_records([TopicPartition(topic, 0, high + 1000)], operation_timeout=20)
+    with pytest.raises(KafkaException) as e:
+        list(res.values())[0].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.OFFSET_OUT_OF_RANGE
+
+    # kafka-python admin.
+    k = KafkaAdminClient(bootstrap_servers=b.bootstrap)
+    try:
+        cut2 = delivered[50].offset
+        out = k.delete_records({KTP(topic, 0): cut2}, timeout_ms=20000)
+        assert list(out.values())[0]["low_watermark"] == cut2, out
+    finally:
+        k.close()
+    assert watermarks(b.bootstrap, topic)[0] == cut2
+
+    # -1: everything up to the high watermark.
+    res = a.delete_records([TopicPartition(topic, 0, -1)], operation_timeout=20)
+    assert list(res.values())[0].result(timeout=30).low_watermark == high
+    b.handle.terminate()
+    b.handle.restart()
+    assert watermarks(b.bootstrap, topic) == (high, high)

@@ -82,3 +82,24 @@ def test_replica_behind_retention_catches_up_by_snapshot_and_leads(cluster):
     kept = [r for r in acked if r.offset >= low]
     assert [r.value for r in got] == [r.value for r in kept], \
         "the new leader does not serve exactly the acknowledged records above its log start"
+
+
+def test_delete_records_survives_a_leader_change(cluster):
+    topic = unique_name("delrec-cluster")
+    cluster.create(topic, 1, rf=3, config={"segment.bytes": str(SEGMENT)})
+    acked = []
+    for chunk in range(6):
+        acked += produce(cluster.bootstrap(), [
+            Out(topic, 0, None, b"d%d-%d-" % (chunk, i) + b"x" * 100) for i in range(8)],
+            linger_ms=50)
+    cut = acked[20].offset
+    admin = cluster.admin()
+    res = admin.delete_records([TopicPartition(topic, 0, cut)], operation_timeout=30)
+    assert list(res.values())[0].result(timeout=60).low_watermark == cut
+    old = cluster.leader(topic, 0)
+    cluster.brokers[old].kill9()
+    new = wait(lambda: (lambda l: l if l not in (None, -1, old) else None)(
+        cluster.leader(topic, 0)), "a new leader")
+    assert earliest(cluster.brokers[new], topic) == cut, "the new leader forgot DeleteRecords"
+    got = consume_all(cluster.brokers[new].bootstrap, [(topic, 0)], expect=len(acked) - 20)
+    assert [r.value for r in got] == [r.value for r in acked[20:]]
