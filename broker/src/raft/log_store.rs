@@ -148,6 +148,13 @@ impl LogStore {
         let end = contiguous_end(&shared, node_id);
         forget_others(&meta, group, &mut shared, end.map_or(0, |l| l.index + 1)..)?;
         shared.last_log_id = end.or(shared.last_purged);
+        // A crash between storing a snapshot and purging the log it covers: openraft purges
+        // only after building a newer snapshot, so finish that purge here.
+        let snapshot =
+            super::state_machine::stored_snapshot_last_log_id(&meta, group).map_err(read_err)?;
+        if let Some(snap) = snapshot.filter(|s| Some(*s) > shared.last_purged) {
+            purge_shared(&meta, group, &mut shared, snap)?;
+        }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(run_flusher(
             rx,
@@ -404,35 +411,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // is stored first, so a crash in between leaves files that the next purge (openraft
         // repeats it at start) or open removes, never a log that claims purged entries.
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
-        self.meta
-            .put_raft(&self.group, "purged", &log_id, true)
-            .map_err(io_err)?;
-        let others = shared.other_indexes.clone();
-        let outcome = shared
-            .log
-            .purge_to_raft_index(log_id.index, &others)
-            .map_err(io_err)?;
-        shared.deleted.0 += outcome.segments;
-        shared.deleted.1 += outcome.bytes;
-        // An emptied log takes its start from the snapshot (state machine install).
-        if let Some(start) = outcome.first_kept_offset {
-            raise_log_start(&self.meta, &self.group, &mut shared, start)?;
-        }
-        tracing::info!(
-            group = %self.group,
-            upto = log_id.index,
-            segments = outcome.segments,
-            bytes = outcome.bytes,
-            log_start = shared.log_start,
-            "purged partition log"
-        );
-        forget_others(&self.meta, &self.group, &mut shared, ..=log_id.index)?;
-        shared.last_purged = Some(log_id);
-        if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
-            shared.last_log_id = Some(log_id);
-        }
-        Ok(())
+        purge_shared(&self.meta, &self.group, &mut shared, log_id)
     }
+}
+
+/// Deletes every entry up to `log_id` (see `purge`).
+fn purge_shared(
+    meta: &MetaStore,
+    group: &str,
+    shared: &mut LogShared,
+    log_id: LogId,
+) -> Result<(), StorageError> {
+    meta.put_raft(group, "purged", &log_id, true)
+        .map_err(io_err)?;
+    let others = shared.other_indexes.clone();
+    let outcome = shared
+        .log
+        .purge_to_raft_index(log_id.index, &others)
+        .map_err(io_err)?;
+    shared.deleted.0 += outcome.segments;
+    shared.deleted.1 += outcome.bytes;
+    // An emptied log takes its start from the snapshot (state machine install).
+    if let Some(start) = outcome.first_kept_offset {
+        raise_log_start(meta, group, shared, start)?;
+    }
+    tracing::info!(
+        group = %group,
+        upto = log_id.index,
+        segments = outcome.segments,
+        bytes = outcome.bytes,
+        log_start = shared.log_start,
+        "purged partition log"
+    );
+    forget_others(meta, group, shared, ..=log_id.index)?;
+    shared.last_purged = Some(log_id);
+    if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
+        shared.last_log_id = Some(log_id);
+    }
+    Ok(())
 }
 
 /// Deletes the non-batch entries with indexes in `range`, from RocksDB and from memory.
@@ -545,6 +561,40 @@ mod tests {
             4,
             "the entries above the purge point are intact"
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_built_before_a_crash_is_purged_at_open() {
+        use crate::raft::state_machine::SnapshotTarget;
+        use openraft::RaftSnapshotBuilder;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3, 4, 5, 6]);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (mut sm, _) =
+            StateMachineStore::open("g", Arc::clone(&meta), notify, store.shared()).expect("sm");
+        let entries = store.try_get_log_entries(1..=6).await.expect("read");
+        sm.apply(entries).await.expect("apply");
+        let cut = store.log_id(1, 2);
+        *sm.target_slot().lock().expect("slot") = Some(SnapshotTarget {
+            last_log_id: cut,
+            log_start: 20,
+        });
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.expect("build");
+        assert_eq!(snap.meta.last_log_id, Some(cut));
+        // Crash before openraft purges: the next open finishes the purge.
+        drop((builder, sm, store));
+        let mut store = open(tmp.path(), &meta);
+        {
+            let shared = store.shared.read().expect("lock");
+            assert_eq!(shared.log_start(), 20);
+            assert_eq!(shared.log.segment_count(), 2);
+        }
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(cut));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
     }
 
     #[tokio::test]

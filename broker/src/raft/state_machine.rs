@@ -60,6 +60,16 @@ struct StoredSnapshot {
 
 type CurrentSnapshot = Arc<Mutex<Option<StoredSnapshot>>>;
 
+/// The last log id of the partition's stored snapshot, if it has one.
+pub fn stored_snapshot_last_log_id(
+    meta: &MetaStore,
+    group: &str,
+) -> Result<Option<LogId>, crate::storage::meta::MetaError> {
+    Ok(meta
+        .get_raft::<StoredSnapshot>(group, "snapshot")?
+        .and_then(|s| s.meta.last_log_id))
+}
+
 pub struct StateMachineStore {
     group: String,
     meta: Arc<MetaStore>,
