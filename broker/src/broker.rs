@@ -192,6 +192,7 @@ impl Broker {
         tokio::spawn(run_reconciler(Arc::downgrade(&broker)));
         tokio::spawn(run_reporter(Arc::downgrade(&broker)));
         tokio::spawn(crate::cleaner::run(Arc::downgrade(&broker)));
+        tokio::spawn(run_retention(Arc::downgrade(&broker)));
         if broker.config.seeds.is_empty() {
             // A cluster of one: be ready to create topics when `open` returns.
             broker.wait_registered(Duration::from_secs(10)).await;
@@ -979,6 +980,7 @@ async fn run_reconciler(broker: std::sync::Weak<Broker>) {
         let current = Arc::clone(&state.borrow_and_update());
         let Some(b) = broker.upgrade() else { return };
         b.reconcile(&current).await;
+        b.apply_low_watermarks(&current);
     }
 }
 
@@ -992,6 +994,47 @@ async fn run_reporter(broker: std::sync::Weak<Broker>) {
         if !every.is_zero() && last_rebalance.elapsed() >= every {
             last_rebalance = Instant::now();
             b.rebalance_leaders().await;
+        }
+    }
+}
+
+impl Broker {
+    /// Raises the log start of every local replica to its DeleteRecords low watermark.
+    fn apply_low_watermarks(&self, state: &ClusterState) {
+        for topic in self.topics() {
+            let Some(t) = state.topic_by_id(&topic.record.id) else {
+                continue;
+            };
+            for (index, lw) in &t.low_watermarks {
+                if let Some(p) = topic.partition(*index) {
+                    p.apply_low_watermark(*lw);
+                }
+            }
+        }
+    }
+}
+
+/// Applies retention to every local replica each `--log-retention-check-interval-ms`, and
+/// counts what the purges deleted.
+async fn run_retention(broker: std::sync::Weak<Broker>) {
+    loop {
+        let Some(every) = broker
+            .upgrade()
+            .map(|b| b.config.log_retention_check_interval)
+        else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(b) = broker.upgrade() else { return };
+        let now = crate::raft::log_store::now_ms();
+        b.apply_low_watermarks(&b.cluster.state());
+        for topic in b.topics() {
+            for p in topic.partitions.iter().flatten() {
+                p.enforce_retention(now).await;
+                let (segments, bytes) = p.take_deleted();
+                b.metrics.log_segments_deleted.inc_by(segments);
+                b.metrics.log_bytes_deleted.inc_by(bytes);
+            }
         }
     }
 }

@@ -89,6 +89,7 @@ struct FileConfig {
     raft_election_ms: Option<u64>,
     replica_lag_time_max_ms: Option<u64>,
     leader_rebalance_interval_ms: Option<u64>,
+    log_retention_check_interval_ms: Option<u64>,
     // Consumer groups (crate::group::GroupArgs).
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<u32>,
@@ -217,6 +218,10 @@ pub struct Args {
     /// back (auto.leader.rebalance). 0 disables. Default 30000.
     #[arg(long, env = "BROKER_LEADER_REBALANCE_INTERVAL_MS")]
     pub leader_rebalance_interval_ms: Option<u64>,
+    /// How often each broker applies retention.ms / retention.bytes to its replicas
+    /// (Kafka's log.retention.check.interval.ms). Default 300000.
+    #[arg(long, env = "BROKER_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
     #[command(flatten)]
     pub groups: crate::group::GroupArgs,
     #[command(flatten)]
@@ -257,6 +262,8 @@ pub struct BrokerConfig {
     pub replica_lag_time_max: Duration,
     /// Zero: never rebalance leaders.
     pub leader_rebalance_interval: Duration,
+    /// How often retention runs (at least 10 ms).
+    pub log_retention_check_interval: Duration,
     /// Consumer groups.
     pub groups: crate::group::GroupConfig,
     /// Log compaction.
@@ -456,6 +463,12 @@ impl BrokerConfig {
                 args.leader_rebalance_interval_ms
                     .or(file.leader_rebalance_interval_ms)
                     .unwrap_or(30_000),
+            ),
+            log_retention_check_interval: Duration::from_millis(
+                args.log_retention_check_interval_ms
+                    .or(file.log_retention_check_interval_ms)
+                    .unwrap_or(300_000)
+                    .max(10),
             ),
         };
         config.validate()?;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub produce_duplicates: IntCounter,
     /// Producer ids handed out by InitProducerId.
     pub producer_ids: IntCounter,
+    pub log_segments_deleted: IntCounter,
+    pub log_bytes_deleted: IntCounter,
 }
 
 impl Default for Metrics {
@@ -129,6 +131,14 @@ impl Metrics {
                 "kafka_producer_ids_issued_total",
                 "Producer ids handed out by InitProducerId",
             ),
+            log_segments_deleted: counter(
+                "gsn_log_segments_deleted_total",
+                "Log segments deleted by retention, DeleteRecords or an installed snapshot",
+            ),
+            log_bytes_deleted: counter(
+                "gsn_log_bytes_deleted_total",
+                "Bytes of log segments deleted by retention, DeleteRecords or an installed snapshot",
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),
@@ -150,6 +160,8 @@ impl Metrics {
             Box::new(m.ring_epoch.clone()),
             Box::new(m.produce_duplicates.clone()),
             Box::new(m.producer_ids.clone()),
+            Box::new(m.log_segments_deleted.clone()),
+            Box::new(m.log_bytes_deleted.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -24,12 +24,12 @@ use crate::cluster::{Cluster, RaftTiming};
 use crate::producer_state::{
     self, BatchMeta, Incoming, PendingView, ProducerEntry, SequenceError, Verdict,
 };
-use crate::raft::log_store::{LogStore, SharedLog};
-use crate::raft::state_machine::StateMachineStore;
+use crate::raft::log_store::{raise_log_start, LogStore, SharedLog};
+use crate::raft::state_machine::{SnapshotTarget, StateMachineStore, TargetSlot};
 use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
 use crate::sequencer::SequencerClient;
 use crate::storage::batch;
-use crate::storage::log::ReadResult;
+use crate::storage::log::{ReadResult, RetentionPolicy};
 use crate::storage::meta::MetaStore;
 use crate::topic_config::TopicSettings;
 
@@ -93,6 +93,20 @@ pub struct Partition {
     isr_len: AtomicUsize,
     /// The topic's configs with the broker defaults filled in; replaced when they change.
     settings: std::sync::RwLock<TopicSettings>,
+    /// Where retention tells the snapshot builder which entries to cover.
+    snapshot_target: TargetSlot,
+    meta: Arc<MetaStore>,
+    /// Raft storage group name (RocksDB key prefix).
+    group: String,
+}
+
+/// What one retention pass on a partition asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionRequest {
+    pub last_raft_index: u64,
+    pub new_start_offset: i64,
+    pub segments: usize,
+    pub bytes: u64,
 }
 
 /// When each follower was last caught up with the leader's committed log.
@@ -153,8 +167,10 @@ impl Partition {
             spec.group,
             Arc::clone(&env.meta),
             Arc::clone(&env.data_arrived),
+            Arc::clone(&shared),
         )
         .map_err(storage)?;
+        let snapshot_target = sm.target_slot();
         let config = partition_raft_config(env.timing).map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&env.cluster.transport), PartitionRoute(spec.key));
         let raft = PartitionRaft::new(env.node_id, config, network, log_store, sm)
@@ -199,6 +215,9 @@ impl Partition {
             cluster: Arc::clone(&env.cluster),
             isr: Mutex::new(IsrTracker::default()),
             settings: std::sync::RwLock::new(env.settings),
+            snapshot_target,
+            meta: Arc::clone(&env.meta),
+            group: spec.group.to_string(),
         }))
     }
 
@@ -314,9 +333,96 @@ impl Partition {
     }
 
     /// Kafka's log start offset. GSN offsets below the first batch never existed, so until
-    /// retention deletes data the log starts at 0 and a fetch from 0 returns the first batch.
+    /// retention deletes data the log starts at 0 and a fetch from 0 returns the first batch;
+    /// after a deletion it is the first offset that remains (persisted).
     pub fn log_start_offset(&self) -> i64 {
-        0
+        self.log.read().map_or(0, |s| s.log_start())
+    }
+
+    /// DeleteRecords: raises the log start offset to `low_watermark` (persisted); the
+    /// segments entirely below it go at the next retention pass.
+    pub fn apply_low_watermark(&self, low_watermark: i64) {
+        let Ok(mut shared) = self.log.write() else {
+            return;
+        };
+        if low_watermark <= shared.log_start() {
+            return;
+        }
+        if let Err(e) = raise_log_start(&self.meta, &self.group, &mut shared, low_watermark) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot store the log start offset");
+        }
+    }
+
+    /// Bytes of this replica's segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.read().map_or(0, |s| s.log.size_bytes())
+    }
+
+    /// Segments and bytes this replica deleted since the last call.
+    pub fn take_deleted(&self) -> (u64, u64) {
+        self.log.write().map_or((0, 0), |mut s| s.take_deleted())
+    }
+
+    /// One retention pass on this replica (Kafka runs retention on every replica): picks the
+    /// oldest rolled, applied segments past retention.ms / retention.bytes and asks Raft for a
+    /// snapshot ending at their last entry; openraft then purges the log up to it, which
+    /// deletes the segments (`LogStore::purge`). Returns what was asked for.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Option<RetentionRequest> {
+        let settings = self.settings();
+        let log_start = self.log_start_offset();
+        // cleanup.policy without `delete`: only what DeleteRecords put below the log start.
+        let (retention_ms, retention_bytes) = if settings.cleanup_delete {
+            (settings.retention_ms, settings.retention_bytes)
+        } else {
+            (-1, -1)
+        };
+        let policy = RetentionPolicy {
+            retention_ms,
+            retention_bytes,
+            delete_below: log_start,
+            now_ms,
+        };
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index)?;
+        let (cut, last_log_id) = {
+            let shared = self.log.read().ok()?;
+            let cut = shared.log.retention_cut(policy, applied)?;
+            let id = match shared.log_id_at(
+                cut.last_raft_index,
+                u64::try_from(self.node_id).unwrap_or(0),
+            ) {
+                Ok(id) => id?,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "retention: reading the log failed");
+                    return None;
+                }
+            };
+            (cut, id)
+        };
+        if let Ok(mut slot) = self.snapshot_target.lock() {
+            *slot = Some(SnapshotTarget {
+                last_log_id,
+                log_start: cut.new_start_offset.max(log_start),
+            });
+        }
+        if let Err(e) = self.raft.trigger().snapshot().await {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "retention: snapshot trigger failed");
+            return None;
+        }
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.index,
+            upto = cut.last_raft_index,
+            log_start = cut.new_start_offset,
+            segments = cut.segments,
+            bytes = cut.bytes,
+            "retention deletes old segments"
+        );
+        Some(RetentionRequest {
+            last_raft_index: cut.last_raft_index,
+            new_start_offset: cut.new_start_offset,
+            segments: cut.segments,
+            bytes: cut.bytes,
+        })
     }
 
     /// Queues one validated batch for appending. The receiver resolves with its base offset

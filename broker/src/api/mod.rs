@@ -5,9 +5,11 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_log_dirs;
 mod fetch;
 mod incremental_alter_configs;
 mod init_producer_id;
@@ -124,6 +126,8 @@ pub async fn start(
         ApiKey::ListOffsets => serve!(list_offsets),
         ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
         ApiKey::DescribeCluster => serve!(describe_cluster),
+        ApiKey::DescribeLogDirs => serve!(describe_log_dirs),
+        ApiKey::DeleteRecords => serve!(delete_records),
         ApiKey::DescribeConfigs => serve!(describe_configs),
         ApiKey::AlterConfigs => serve!(alter_configs),
         ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
@@ -181,6 +185,8 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::DescribeLogDirs => "DescribeLogDirs",
+        ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

@@ -93,8 +93,14 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
     let deadline = tokio::time::Instant::now() + timeout;
     let mut resp = ProduceResponse::default();
     for (mut head, parts) in queued {
+        let topic = broker.topic(head.name.as_str());
         for (index, pending) in parts {
             let mut append_time = -1;
+            // Kafka answers -1 with an error and the partition's log start offset otherwise.
+            let log_start = topic
+                .as_ref()
+                .and_then(|t| t.local(index).ok())
+                .map_or(-1, |p| p.log_start_offset());
             let result = match pending {
                 Err(code) => Err(code),
                 Ok((rx, time)) => {
@@ -107,7 +113,7 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
                 }
             };
             head.partition_responses.push(
-                partition_response(broker, index, result, version)
+                partition_response(broker, index, result, version, log_start)
                     .with_log_append_time_ms(append_time),
             );
         }
@@ -121,12 +127,13 @@ fn partition_response(
     index: i32,
     result: Result<i64, i16>,
     version: i16,
+    log_start: i64,
 ) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
     if version >= 5 {
-        r.log_start_offset = 0;
+        r.log_start_offset = if result.is_ok() { log_start } else { -1 };
     }
     match result {
         Ok(base) => r.with_base_offset(base),

@@ -69,6 +69,15 @@ pub enum MetaCommand {
         configs: BTreeMap<String, String>,
     },
     PartitionStates(Vec<PartitionReport>),
+    /// DeleteRecords: every replica of the partition raises its log start offset to at least
+    /// `low_watermark` and deletes the segments entirely below it. The topic id keeps a request
+    /// from reaching a re-created topic of the same name.
+    DeleteRecords {
+        name: String,
+        topic_id: [u8; 16],
+        partition: i32,
+        low_watermark: i64,
+    },
     /// Reserves the next `count` producer ids for the broker that asks (InitProducerId).
     AllocateProducerIds {
         count: u32,
@@ -123,6 +132,9 @@ pub struct PartitionState {
 pub struct TopicState {
     pub record: TopicRecord,
     pub partitions: Vec<PartitionState>,
+    /// DeleteRecords low watermarks by partition (only ever raised).
+    #[serde(default)]
+    pub low_watermarks: BTreeMap<i32, i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,6 +199,12 @@ impl ClusterState {
                 ops,
             } => self.alter_configs(target, *replace, ops),
             MetaCommand::AllocateProducerIds { .. } => None,
+            MetaCommand::DeleteRecords {
+                name,
+                topic_id,
+                partition,
+                low_watermark,
+            } => self.delete_records(name, topic_id, *partition, *low_watermark),
         };
         MetaReply {
             rejected,
@@ -287,6 +305,7 @@ impl ClusterState {
             TopicState {
                 record: record.clone(),
                 partitions: unreported(record.replicas.len()),
+                low_watermarks: BTreeMap::new(),
             },
         );
         None
@@ -368,9 +387,76 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    fn delete_records(
+        &mut self,
+        name: &str,
+        topic_id: &[u8; 16],
+        partition: i32,
+        low_watermark: i64,
+    ) -> Option<Rejection> {
+        let Some(t) = self
+            .topics
+            .get_mut(name)
+            .filter(|t| &t.record.id == topic_id)
+        else {
+            return Some(Rejection::UnknownTopic(name.to_string()));
+        };
+        if partition < 0 || partition >= t.record.partitions {
+            return Some(Rejection::Invalid(format!(
+                "topic '{name}' has no partition {partition}"
+            )));
+        }
+        let lw = t.low_watermarks.entry(partition).or_insert(0);
+        *lw = (*lw).max(low_watermark);
+        None
+    }
+
+    /// The DeleteRecords low watermark of a partition (0 when none was requested).
+    pub fn low_watermark(&self, name: &str, partition: i32) -> i64 {
+        self.topics
+            .get(name)
+            .and_then(|t| t.low_watermarks.get(&partition))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_records_only_raises_the_low_watermark() {
+        let mut s = three_brokers();
+        s.apply(&topic("t", 7, vec![vec![1, 2, 3], vec![2, 3, 1]]));
+        let del = |lw: i64, id: u8, partition: i32| MetaCommand::DeleteRecords {
+            name: "t".into(),
+            topic_id: [id; 16],
+            partition,
+            low_watermark: lw,
+        };
+        assert_eq!(s.apply(&del(100, 7, 1)).rejected, None);
+        assert_eq!(s.low_watermark("t", 1), 100);
+        assert_eq!(s.low_watermark("t", 0), 0);
+        assert_eq!(s.apply(&del(50, 7, 1)).rejected, None);
+        assert_eq!(s.low_watermark("t", 1), 100, "never lowered");
+        assert!(
+            s.apply(&del(200, 8, 1)).rejected.is_some(),
+            "another topic id"
+        );
+        assert!(
+            s.apply(&del(200, 7, 2)).rejected.is_some(),
+            "no such partition"
+        );
+        assert_eq!(s.low_watermark("t", 1), 100);
+        // Older snapshots (without the field) still decode.
+        let json = serde_json::to_value(&s).expect("json");
+        let mut t = json["topics"]["t"].clone();
+        t.as_object_mut().expect("object").remove("low_watermarks");
+        let back: TopicState = serde_json::from_value(t).expect("decode");
+        assert!(back.low_watermarks.is_empty());
+    }
 
     fn broker(id: i32) -> MetaCommand {
         MetaCommand::RegisterBroker {

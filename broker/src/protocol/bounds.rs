@@ -193,6 +193,8 @@ const APIS: &[Api] = &[
     api(37, 0, 3, 2, &CREATE_PARTITIONS_REQUEST),
     // DescribeCluster has been flexible since its first version.
     api(60, 0, 2, 0, &DESCRIBE_CLUSTER_REQUEST),
+    api(35, 1, 4, 2, &DESCRIBE_LOG_DIRS_REQUEST),
+    api(21, 0, 2, 2, &DELETE_RECORDS_REQUEST),
     // Consumer groups.
     api(8, 2, 9, 8, &OFFSET_COMMIT_REQUEST),
     api(9, 1, 9, 6, &OFFSET_FETCH_REQUEST),
@@ -425,6 +427,30 @@ const DESCRIBE_CLUSTER_REQUEST: Layout = fields(&[
     Field::new("endpoint_type", Int8).since(1),
     Field::new("include_fenced_brokers", Bool).since(2),
 ]);
+
+// DeleteRecords (21)
+const DELETE_RECORDS_PARTITION: Ty = Struct(&fields(&[
+    Field::new("partition_index", Int32),
+    Field::new("offset", Int64),
+]));
+const DELETE_RECORDS_TOPIC: Ty = Struct(&fields(&[
+    Field::new("name", String),
+    Field::new("partitions", Array(&DELETE_RECORDS_PARTITION)),
+]));
+const DELETE_RECORDS_REQUEST: Layout = fields(&[
+    Field::new("topics", Array(&DELETE_RECORDS_TOPIC)),
+    Field::new("timeout_ms", Int32),
+]);
+
+// DescribeLogDirs (35)
+const DESCRIBABLE_LOG_DIR_TOPIC: Ty = Struct(&fields(&[
+    Field::new("topic", String),
+    Field::new("partitions", Array(&Int32)),
+]));
+const DESCRIBE_LOG_DIRS_REQUEST: Layout = fields(&[Field::new(
+    "topics",
+    NullableArray(&DESCRIBABLE_LOG_DIR_TOPIC),
+)]);
 
 // OffsetCommit (8)
 const OFFSET_COMMIT_REQUEST_PARTITION: Ty = Struct(&fields(&[
@@ -780,8 +806,9 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::{
         alter_configs_request as acfg, api_versions_request::ApiVersionsRequest,
-        create_partitions_request as cp, create_topics_request as ct, delete_topics_request as dt,
-        describe_cluster_request as dc, describe_configs_request as dcfg, fetch_request as fe,
+        create_partitions_request as cp, create_topics_request as ct,
+        delete_records_request as drr, delete_topics_request as dt, describe_cluster_request as dc,
+        describe_configs_request as dcfg, describe_log_dirs_request as dld, fetch_request as fe,
         incremental_alter_configs_request as iacfg, list_offsets_request as lo,
         metadata_request as md, offset_for_leader_epoch_request as ofle, produce_request as pr,
         BrokerId, GroupId, TopicName, TransactionalId,
@@ -852,6 +879,8 @@ mod tests {
             44 => len::<iacfg::IncrementalAlterConfigsRequest>(body, version),
             37 => len::<cp::CreatePartitionsRequest>(body, version),
             60 => len::<dc::DescribeClusterRequest>(body, version),
+            35 => len::<dld::DescribeLogDirsRequest>(body, version),
+            21 => len::<drr::DeleteRecordsRequest>(body, version),
             8 => len::<oc::OffsetCommitRequest>(body, version),
             9 => len::<of::OffsetFetchRequest>(body, version),
             10 => len::<fc::FindCoordinatorRequest>(body, version),
@@ -1221,6 +1250,34 @@ mod tests {
         }
     }
 
+    fn delete_records(_v: i16) -> drr::DeleteRecordsRequest {
+        drr::DeleteRecordsRequest::default()
+            .with_topics(vec![drr::DeleteRecordsTopic::default()
+                .with_name(topic("a"))
+                .with_partitions(vec![
+                    drr::DeleteRecordsPartition::default()
+                        .with_partition_index(0)
+                        .with_offset(-1),
+                    drr::DeleteRecordsPartition::default()
+                        .with_partition_index(3)
+                        .with_offset(1 << 40),
+                ])])
+            .with_timeout_ms(5_000)
+    }
+
+    fn describe_log_dirs(v: i16) -> dld::DescribeLogDirsRequest {
+        // Every other version asks for everything (null topics).
+        if v % 2 == 0 {
+            return dld::DescribeLogDirsRequest::default().with_topics(None);
+        }
+        dld::DescribeLogDirsRequest::default().with_topics(Some(vec![
+            dld::DescribableLogDirTopic::default()
+                .with_topic(topic("a"))
+                .with_partitions(vec![0, 1, 2]),
+            dld::DescribableLogDirTopic::default().with_topic(topic("bb")),
+        ]))
+    }
+
     // ---- consumer groups ---------------------------------------------------------------
 
     fn group(v: &'static str) -> GroupId {
@@ -1447,6 +1504,8 @@ mod tests {
         cases.extend(cases_for(incremental_alter_configs));
         cases.extend(cases_for(create_partitions));
         cases.extend(cases_for(describe_cluster));
+        cases.extend(cases_for(describe_log_dirs));
+        cases.extend(cases_for(delete_records));
         cases.extend(cases_for(offset_commit));
         cases.extend(cases_for(offset_fetch));
         cases.extend(cases_for(find_coordinator));
@@ -1504,6 +1563,8 @@ mod tests {
         check::<iacfg::IncrementalAlterConfigsRequest>();
         check::<cp::CreatePartitionsRequest>();
         check::<dc::DescribeClusterRequest>();
+        check::<dld::DescribeLogDirsRequest>();
+        check::<drr::DeleteRecordsRequest>();
         check::<oc::OffsetCommitRequest>();
         check::<of::OffsetFetchRequest>();
         check::<fc::FindCoordinatorRequest>();
@@ -1516,7 +1577,7 @@ mod tests {
         check::<dg::DeleteGroupsRequest>();
         check::<od::OffsetDeleteRequest>();
         check::<ipi::InitProducerIdRequest>();
-        assert_eq!(APIS.len(), 25);
+        assert_eq!(APIS.len(), 27);
         // Every served API is walked, and nothing else.
         for (key, min, max, _) in crate::protocol::SUPPORTED {
             let api = APIS.iter().find(|a| a.key == *key as i16);
@@ -1570,8 +1631,8 @@ mod tests {
                 );
             }
         }
-        // DeleteRecords, AddPartitionsToTxn, an unknown key.
-        for key in [21, 24, 1000, -1] {
+        // AddPartitionsToTxn, an unknown key.
+        for key in [24, 1000, -1] {
             assert_eq!(
                 check_request_body(key, 0, &[0; 64]),
                 Err(unsupported(key, 0))

@@ -29,6 +29,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1, 0),
     (ApiKey::CreatePartitions, 0, 3, 0),
     (ApiKey::DescribeCluster, 0, 2, 0),
+    (ApiKey::DescribeLogDirs, 1, 4, 1),
+    (ApiKey::DeleteRecords, 0, 2, 0),
     // Consumer groups (classic protocol).
     (ApiKey::OffsetCommit, 2, 9, 2),
     (ApiKey::OffsetFetch, 1, 9, 1),

@@ -39,6 +39,53 @@ pub struct LogShared {
     other_indexes: BTreeSet<u64>,
     last_purged: Option<LogId>,
     last_log_id: Option<LogId>,
+    /// Kafka's log start offset: 0 until something is deleted, then the first offset a
+    /// consumer may read. Persisted (RocksDB, synced) whenever it moves.
+    log_start: i64,
+    /// Segments and bytes deleted by purges since the last `take_deleted`.
+    deleted: (u64, u64),
+}
+
+impl LogShared {
+    pub fn log_start(&self) -> i64 {
+        self.log_start
+    }
+
+    /// Segments and bytes deleted since the last call (for the metrics).
+    pub fn take_deleted(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.deleted)
+    }
+
+    /// The Raft log id of entry `index`, if this log holds it.
+    pub fn log_id_at(&self, index: u64, node_id: u64) -> io::Result<Option<LogId>> {
+        if let Some(e) = self.others.get(&index) {
+            return Ok(Some(e.log_id));
+        }
+        Ok(self
+            .log
+            .batch_by_raft_index(index, &self.other_indexes)?
+            .map(|(found, _)| {
+                LogId::new(
+                    CommittedLeaderId::new(found.loc.span.leader_epoch.max(0) as u64, node_id),
+                    index,
+                )
+            }))
+    }
+}
+
+/// Raises the log start offset of `group` to `offset` (never lowers it) and persists it.
+pub fn raise_log_start(
+    meta: &MetaStore,
+    group: &str,
+    shared: &mut LogShared,
+    offset: i64,
+) -> Result<(), StorageError> {
+    if offset > shared.log_start {
+        meta.put_raft(group, "log_start", &offset, true)
+            .map_err(io_err)?;
+        shared.log_start = offset;
+    }
+    Ok(())
 }
 
 pub type SharedLog = Arc<RwLock<LogShared>>;
@@ -89,6 +136,10 @@ impl LogStore {
         let last_purged: Option<LogId> = meta.get_raft(group, "purged").map_err(read_err)?;
         let mut producers = ProducerTable::default();
         log.replay_producers(&mut producers).map_err(read_err)?;
+        let log_start: i64 = meta
+            .get_raft(group, "log_start")
+            .map_err(read_err)?
+            .unwrap_or(0);
         let mut shared = LogShared {
             log,
             producers,
@@ -96,12 +147,21 @@ impl LogStore {
             other_indexes,
             last_purged,
             last_log_id: None,
+            log_start,
+            deleted: (0, 0),
         };
         // Non-batch entries past the end of the recovered log were written after batches that
         // a crash tore off; they are not part of the log any more.
         let end = contiguous_end(&shared, node_id);
         forget_others(&meta, group, &mut shared, end.map_or(0, |l| l.index + 1)..)?;
         shared.last_log_id = end.or(shared.last_purged);
+        // A crash between storing a snapshot and purging the log it covers: openraft purges
+        // only after building a newer snapshot, so finish that purge here.
+        let snapshot =
+            super::state_machine::stored_snapshot_last_log_id(&meta, group).map_err(read_err)?;
+        if let Some(snap) = snapshot.filter(|s| Some(*s) > shared.last_purged) {
+            purge_shared(&meta, group, &mut shared, snap)?;
+        }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(run_flusher(
             rx,
@@ -362,18 +422,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Segments are removed by retention, not by Raft; only non-batch entries go here.
+        // Raft purges only what a snapshot covers (retention or DeleteRecords built it, or a
+        // leader sent it): the batches up to `log_id` go with their segments. The purge point
+        // is stored first, so a crash in between leaves files that the next purge (openraft
+        // repeats it at start) or open removes, never a log that claims purged entries.
         let mut shared = self.shared.write().map_err(|_| lock_err())?;
-        self.meta
-            .put_raft(&self.group, "purged", &log_id, true)
-            .map_err(io_err)?;
-        forget_others(&self.meta, &self.group, &mut shared, ..=log_id.index)?;
-        shared.last_purged = Some(log_id);
-        if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
-            shared.last_log_id = Some(log_id);
-        }
-        Ok(())
+        purge_shared(&self.meta, &self.group, &mut shared, log_id)
     }
+}
+
+/// Deletes every entry up to `log_id` (see `purge`).
+fn purge_shared(
+    meta: &MetaStore,
+    group: &str,
+    shared: &mut LogShared,
+    log_id: LogId,
+) -> Result<(), StorageError> {
+    meta.put_raft(group, "purged", &log_id, true)
+        .map_err(io_err)?;
+    let others = shared.other_indexes.clone();
+    let outcome = shared
+        .log
+        .purge_to_raft_index(log_id.index, &others)
+        .map_err(io_err)?;
+    shared.deleted.0 += outcome.segments;
+    shared.deleted.1 += outcome.bytes;
+    // An emptied log takes its start from the snapshot (state machine install).
+    if let Some(start) = outcome.first_kept_offset {
+        raise_log_start(meta, group, shared, start)?;
+    }
+    tracing::info!(
+        group = %group,
+        upto = log_id.index,
+        segments = outcome.segments,
+        bytes = outcome.bytes,
+        log_start = shared.log_start,
+        "purged partition log"
+    );
+    forget_others(meta, group, shared, ..=log_id.index)?;
+    shared.last_purged = Some(log_id);
+    if shared.last_log_id.is_none_or(|l| l.index < log_id.index) {
+        shared.last_log_id = Some(log_id);
+    }
+    Ok(())
 }
 
 /// Deletes the non-batch entries with indexes in `range`, from RocksDB and from memory.
@@ -430,4 +521,149 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::state_machine::{SnapshotData, StateMachineStore};
+    use crate::storage::batch::tests::make_batch;
+    use openraft::storage::RaftStateMachine;
+    use openraft::SnapshotMeta;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 200,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        }
+    }
+
+    /// One-record batches at offsets 0, 10, 20, ... as Raft entries `rafts` (term 1); two
+    /// per segment.
+    fn fill(store: &LogStore, rafts: &[u64]) {
+        let mut shared = store.shared.write().expect("lock");
+        for (i, raft) in rafts.iter().enumerate() {
+            let base = i as i64 * 10;
+            let mut b = make_batch(0, 1, base);
+            batch::stamp(&mut b, base, 1);
+            let h = batch::parse_and_verify(&b).expect("valid");
+            shared
+                .log
+                .append(*raft, &b, h.span, h.max_timestamp, 0)
+                .expect("append");
+            shared.last_log_id = Some(store.log_id(1, *raft));
+        }
+    }
+
+    fn open(dir: &std::path::Path, meta: &Arc<MetaStore>) -> LogStore {
+        LogStore::open("g", 1, &dir.join("p"), config(), Arc::clone(meta)).expect("open")
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_segments_and_a_restart_keeps_the_log_start() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(store.shared.read().expect("lock").log_start(), 0);
+        store.purge(store.log_id(1, 2)).await.expect("purge");
+        {
+            let mut shared = store.shared.write().expect("lock");
+            assert_eq!(shared.log_start(), 20);
+            assert_eq!(shared.log.segment_count(), 2);
+            assert_eq!(shared.take_deleted().0, 1);
+        }
+        drop(store);
+        let mut store = open(tmp.path(), &meta);
+        assert_eq!(store.shared.read().expect("lock").log_start(), 20);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
+        let entries = store.try_get_log_entries(3..=6).await.expect("read");
+        assert_eq!(
+            entries.len(),
+            4,
+            "the entries above the purge point are intact"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_built_before_a_crash_is_purged_at_open() {
+        use crate::raft::state_machine::SnapshotTarget;
+        use openraft::RaftSnapshotBuilder;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3, 4, 5, 6]);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (mut sm, _) =
+            StateMachineStore::open("g", Arc::clone(&meta), notify, store.shared()).expect("sm");
+        let entries = store.try_get_log_entries(1..=6).await.expect("read");
+        sm.apply(entries).await.expect("apply");
+        let cut = store.log_id(1, 2);
+        *sm.target_slot().lock().expect("slot") = Some(SnapshotTarget {
+            last_log_id: cut,
+            log_start: 20,
+        });
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.expect("build");
+        assert_eq!(snap.meta.last_log_id, Some(cut));
+        // Crash before openraft purges: the next open finishes the purge.
+        drop((builder, sm, store));
+        let mut store = open(tmp.path(), &meta);
+        {
+            let shared = store.shared.read().expect("lock");
+            assert_eq!(shared.log_start(), 20);
+            assert_eq!(shared.log.segment_count(), 2);
+        }
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(cut));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_beyond_the_local_end_empties_the_log() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3]);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (mut sm, hw) =
+            StateMachineStore::open("g", Arc::clone(&meta), Arc::clone(&notify), store.shared())
+                .expect("sm");
+        let snap_id = store.log_id(2, 50);
+        let snap_meta = SnapshotMeta {
+            last_log_id: Some(snap_id),
+            snapshot_id: "2-50".to_string(),
+            ..SnapshotMeta::default()
+        };
+        let data = serde_json::to_vec(&SnapshotData {
+            log_start: 400,
+            high_watermark: 420,
+        })
+        .expect("json");
+        sm.install_snapshot(&snap_meta, Box::new(std::io::Cursor::new(data)))
+            .await
+            .expect("install");
+        store.purge(snap_id).await.expect("purge");
+        assert_eq!(*hw.borrow(), 420);
+        {
+            let shared = store.shared.read().expect("lock");
+            assert_eq!(shared.log.segment_count(), 0);
+            assert_eq!(shared.log_start(), 400);
+        }
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(snap_id));
+        drop((sm, store));
+        let store = open(tmp.path(), &meta);
+        let (mut sm, hw) =
+            StateMachineStore::open("g", Arc::clone(&meta), notify, store.shared()).expect("sm");
+        assert_eq!(store.shared.read().expect("lock").log_start(), 400);
+        assert_eq!(*hw.borrow(), 420);
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(snap_id));
+        let current = sm.get_current_snapshot().await.expect("snapshot");
+        assert_eq!(current.map(|s| s.meta.last_log_id), Some(Some(snap_id)));
+    }
 }

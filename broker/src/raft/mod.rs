@@ -89,10 +89,19 @@ pub struct Applied {
     pub high_watermark: i64,
 }
 
-/// Raft settings of partition groups. Snapshots are never taken: the log is the state, and
-/// it is trimmed by retention, not by Raft.
+/// Raft settings of partition groups. Raft never snapshots on its own: retention and
+/// DeleteRecords trigger a snapshot at the last entry they delete, and the log is purged right
+/// up to it (`max_in_snapshot_log_to_keep` = 0), which deletes those segments.
 pub fn partition_raft_config(
     timing: crate::cluster::RaftTiming,
 ) -> Result<Arc<openraft::Config>, crate::cluster::ClusterError> {
-    timing.config("partition", openraft::SnapshotPolicy::Never)
+    let base = timing.config("partition", openraft::SnapshotPolicy::Never)?;
+    let config = openraft::Config {
+        max_in_snapshot_log_to_keep: 0,
+        ..(*base).clone()
+    };
+    let valid = config
+        .validate()
+        .map_err(|e| crate::cluster::ClusterError::Raft(e.to_string()))?;
+    Ok(Arc::new(valid))
 }

@@ -457,6 +457,102 @@ impl PartitionLog {
         self.segments.insert(seg.base_offset, reloaded);
         Ok(true)
     }
+
+    /// Total bytes of all segments (log files only).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size).sum()
+    }
+
+    /// What retention may delete now: the oldest rolled segments, in order, while each is
+    /// past `retention_ms` (by its largest timestamp) or the log stays at or over
+    /// `retention_bytes` without it (Kafka's rules). The active segment is never chosen, nor a
+    /// segment holding an entry above `applied_index` (not yet committed everywhere it
+    /// matters). The cut ends where the next segment's first Raft index begins, so it also
+    /// covers the non-batch entries between the segments.
+    pub fn retention_cut(
+        &self,
+        policy: RetentionPolicy,
+        applied_index: u64,
+    ) -> Option<RetentionCut> {
+        let mut remaining = self.size_bytes();
+        let mut cut: Option<RetentionCut> = None;
+        let segs: Vec<&Segment> = self.segments.values().collect();
+        for pair in segs.windows(2) {
+            let (seg, next) = (pair[0], pair[1]);
+            let last_index = next.first_raft_index.saturating_sub(1);
+            if last_index > applied_index || next.first_raft_index <= seg.first_raft_index {
+                break;
+            }
+            let expired = policy.retention_ms >= 0
+                && seg.max_timestamp >= 0
+                && policy.now_ms.saturating_sub(seg.max_timestamp) > policy.retention_ms;
+            let oversized = policy.retention_bytes >= 0
+                && remaining.saturating_sub(seg.size()) >= policy.retention_bytes as u64;
+            // Every offset of the segment lies below the log start (DeleteRecords).
+            let below_start = next.base_offset <= policy.delete_below;
+            if !expired && !oversized && !below_start {
+                break;
+            }
+            remaining -= seg.size();
+            let prev = cut.unwrap_or_default();
+            cut = Some(RetentionCut {
+                last_raft_index: last_index,
+                new_start_offset: next.base_offset,
+                segments: prev.segments + 1,
+                bytes: prev.bytes + seg.size(),
+            });
+        }
+        cut
+    }
+
+    /// Removes every batch whose Raft index is <= `raft_index` (the part of the log a Raft
+    /// snapshot covers): whole segments are deleted; a segment holding batches on both sides
+    /// (possible on a follower, whose segment boundaries differ from the leader's) stays, and
+    /// its batches at or below the cut are hidden by the log start offset. `raft_index` may lie
+    /// beyond the last entry (a snapshot installed on a replica that fell behind): then
+    /// everything goes. Segments that stay keep their first Raft index, so the Raft-index
+    /// mapping of what stays is unchanged. Returns what was deleted and the base offset of the
+    /// first batch above the cut, if any remains.
+    pub fn purge_to_raft_index(
+        &mut self,
+        raft_index: u64,
+        others: &BTreeSet<u64>,
+    ) -> io::Result<PurgeOutcome> {
+        let mut outcome = PurgeOutcome::default();
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for (i, base) in bases.iter().enumerate() {
+            let whole = match bases.get(i + 1) {
+                Some(next) => self.segments[next].first_raft_index <= raft_index.saturating_add(1),
+                None => self
+                    .active
+                    .last()
+                    .is_none_or(|b| b.raft_index <= raft_index),
+            };
+            if !whole {
+                break;
+            }
+            if let Some(seg) = self.segments.remove(base) {
+                outcome.segments += 1;
+                outcome.bytes += seg.size();
+                seg.remove_files()?;
+            }
+        }
+        if self.segments.is_empty() {
+            self.active.clear();
+            return Ok(outcome);
+        }
+        let first = self.segments.values().next().map(|s| s.base_offset);
+        outcome.first_kept_offset = match self.segments.values().next() {
+            Some(seg) if seg.first_raft_index <= raft_index => self
+                .segment_batches(seg, others)?
+                .iter()
+                .find(|b| b.raft_index > raft_index)
+                .map(|b| b.loc.span.base_offset)
+                .or_else(|| self.segments.values().nth(1).map(|s| s.base_offset)),
+            _ => first,
+        };
+        Ok(outcome)
+    }
 }
 
 /// A cleaned copy that a crash left before it replaced its segment is not part of the log.
@@ -511,6 +607,37 @@ pub fn stored_producer_batch(head: &[u8], span: BatchSpan) -> Option<StoredBatch
         last_offset: span.last_offset,
         max_timestamp: f.max_timestamp,
     })
+}
+
+/// Retention settings of one pass (from the topic's configs) and the time it runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// -1: no time limit.
+    pub retention_ms: i64,
+    /// -1: no size limit.
+    pub retention_bytes: i64,
+    /// Segments whose every offset lies below this (the log start) go too.
+    pub delete_below: i64,
+    pub now_ms: i64,
+}
+
+/// The oldest segments retention deletes: every Raft entry up to `last_raft_index`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionCut {
+    pub last_raft_index: u64,
+    /// Base offset of the first segment that stays: the new log start offset.
+    pub new_start_offset: i64,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+/// What `purge_to_raft_index` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    pub segments: u64,
+    pub bytes: u64,
+    /// Base offset of the first batch above the cut; None when the log is now empty.
+    pub first_kept_offset: Option<i64>,
 }
 
 /// Gives batch k of a segment the k-th Raft index from `first` that is not a non-batch entry.
@@ -666,5 +793,168 @@ mod tests {
         drop(log);
         let log = PartitionLog::open(dir.path(), cfg(200), &others).expect("reopen");
         assert_eq!(log.end_offset(), Some(16));
+    }
+
+    /// Six one-record batches (timestamp = base offset), two per segment at 200 bytes:
+    /// segments [0,10] [20,30] [40,50], Raft indexes 1..=6 unless `others` shifts them.
+    fn three_segments(dir: &Path, others: &BTreeSet<u64>, rafts: [u64; 6]) -> PartitionLog {
+        let mut log = PartitionLog::open(dir, cfg(200), others).expect("open");
+        for (i, raft) in rafts.iter().enumerate() {
+            put(&mut log, *raft, i as i64 * 10, 1);
+        }
+        assert_eq!(log.segment_count(), 3);
+        log
+    }
+
+    fn by_time(retention_ms: i64, now_ms: i64) -> RetentionPolicy {
+        RetentionPolicy {
+            retention_ms,
+            retention_bytes: -1,
+            delete_below: 0,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn retention_by_time_takes_expired_rolled_segments_from_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
+        // Segment [0,10] is 40 ms old, [20,30] 20 ms: only the first is past 25 ms.
+        let cut = log.retention_cut(by_time(25, 50), 6).expect("cut");
+        assert_eq!(cut.last_raft_index, 2);
+        assert_eq!(cut.new_start_offset, 20);
+        assert_eq!(cut.segments, 1);
+        // Everything expired: the active segment still stays.
+        let cut = log.retention_cut(by_time(0, 1_000), 6).expect("cut");
+        assert_eq!(
+            (cut.last_raft_index, cut.new_start_offset, cut.segments),
+            (4, 40, 2)
+        );
+        // -1 = never.
+        assert_eq!(log.retention_cut(by_time(-1, i64::MAX), 6), None);
+    }
+
+    #[test]
+    fn segments_below_the_log_start_go_whatever_the_retention_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
+        let below = |delete_below: i64| RetentionPolicy {
+            retention_ms: -1,
+            retention_bytes: -1,
+            delete_below,
+            now_ms: 0,
+        };
+        assert_eq!(
+            log.retention_cut(below(19), 6),
+            None,
+            "offset 10 is still readable"
+        );
+        assert_eq!(log.retention_cut(below(20), 6).map(|c| c.segments), Some(1));
+        assert_eq!(log.retention_cut(below(35), 6).map(|c| c.segments), Some(1));
+        assert_eq!(
+            log.retention_cut(below(1_000), 6).map(|c| c.segments),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn retention_only_takes_applied_segments() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(log.retention_cut(by_time(0, 1_000), 1), None);
+        let cut = log.retention_cut(by_time(0, 1_000), 3).expect("cut");
+        assert_eq!(
+            cut.last_raft_index, 2,
+            "segment 2 ends at index 4, not applied"
+        );
+    }
+
+    #[test]
+    fn retention_by_size_keeps_the_log_at_or_over_the_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = three_segments(dir.path(), &BTreeSet::new(), [1, 2, 3, 4, 5, 6]);
+        let seg = log.size_bytes() / 3;
+        let policy = |bytes: u64| RetentionPolicy {
+            retention_ms: -1,
+            retention_bytes: bytes as i64,
+            delete_below: 0,
+            now_ms: 0,
+        };
+        let cut = log.retention_cut(policy(seg), 6).expect("cut");
+        assert_eq!(
+            (cut.segments, cut.bytes, cut.new_start_offset),
+            (2, 2 * seg, 40)
+        );
+        let cut = log.retention_cut(policy(2 * seg), 6).expect("cut");
+        assert_eq!((cut.segments, cut.new_start_offset), (1, 20));
+        assert_eq!(log.retention_cut(policy(2 * seg + 1), 6), None);
+        // A limit of 0 still never touches the active segment.
+        assert_eq!(log.retention_cut(policy(0), 6).map(|c| c.segments), Some(2));
+    }
+
+    #[test]
+    fn purge_deletes_covered_segments_and_keeps_the_raft_mapping() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // Non-batch entries at 1 and 4: batches at 2,3 | 5,6 | 7,8.
+        let others: BTreeSet<u64> = [1u64, 4].into_iter().collect();
+        let mut log = three_segments(dir.path(), &others, [2, 3, 5, 6, 7, 8]);
+        let cut = log.retention_cut(by_time(25, 50), 8).expect("cut");
+        assert_eq!(
+            cut.last_raft_index, 4,
+            "the cut covers the entry between the segments"
+        );
+        let outcome = log.purge_to_raft_index(4, &others).expect("purge");
+        assert_eq!(outcome.segments, 1);
+        assert_eq!(outcome.first_kept_offset, Some(20));
+        assert_eq!(log.start_offset(), Some(20));
+        let files = std::fs::read_dir(dir.path()).expect("ls").count();
+        assert_eq!(
+            files,
+            2 * 3,
+            "two segments of .log/.index/.timeindex remain"
+        );
+        // The caller forgets the purged non-batch entries; the mapping of what stays holds.
+        let others = BTreeSet::new();
+        for (raft, base) in [(5u64, 20i64), (6, 30), (7, 40), (8, 50)] {
+            let (found, _) = log
+                .batch_by_raft_index(raft, &others)
+                .expect("io")
+                .expect("present");
+            assert_eq!(found.loc.span.base_offset, base);
+        }
+        assert!(log.batch_by_raft_index(3, &others).expect("io").is_none());
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(200), &others).expect("reopen");
+        assert_eq!(log.start_offset(), Some(20));
+        assert_eq!(log.last_batch().map(|b| b.raft_index), Some(8));
+    }
+
+    #[test]
+    fn purge_inside_a_segment_keeps_it_and_reports_the_first_batch_above() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = three_segments(dir.path(), &others, [1, 2, 3, 4, 5, 6]);
+        let outcome = log.purge_to_raft_index(3, &others).expect("purge");
+        assert_eq!(outcome.segments, 1);
+        assert_eq!(outcome.first_kept_offset, Some(30));
+        assert_eq!(log.segment_count(), 2);
+    }
+
+    #[test]
+    fn purge_beyond_the_end_empties_the_log_and_appends_continue() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = three_segments(dir.path(), &others, [1, 2, 3, 4, 5, 6]);
+        let outcome = log.purge_to_raft_index(100, &others).expect("purge");
+        assert_eq!((outcome.segments, outcome.first_kept_offset), (3, None));
+        assert_eq!(log.segment_count(), 0);
+        assert_eq!(log.end_offset(), None);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+        put(&mut log, 101, 500, 1);
+        let (found, _) = log
+            .batch_by_raft_index(101, &others)
+            .expect("io")
+            .expect("present");
+        assert_eq!(found.loc.span.base_offset, 500);
     }
 }

@@ -1,0 +1,105 @@
+"""Retention on the 3-broker cluster: a replica that was down while the leader's retention
+deleted the segments it still needed catches up through the partition's Raft snapshot (it
+deletes what the snapshot covers and replicates the rest), then leads with the same records
+from the log start, and nothing acknowledged above the retention point is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from kafkatest import Out, consume_all, produce, unique_name
+from test_cluster import Cluster, wait
+from test_ring import Ring
+
+SEGMENT = 1024
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    ring = Ring(tmp_path, switches=2)
+    c = None
+    try:
+        c = Cluster(tmp_path, ring, log_retention_check_interval_ms=200)
+        yield c
+    finally:
+        if c is not None:
+            c.close()
+            for i, b in c.brokers.items():
+                panic = b.first_log_line_with("panicked at")
+                assert panic is None, f"broker {i} panicked: {panic}"
+        ring.close()
+
+
+def earliest(broker, topic):
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_name("wm")})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)[0]
+    finally:
+        c.close()
+
+
+def segment_count(broker, topic):
+    dirs = list(Path(broker.data_dir).glob(f"topics/{topic}-0.*"))
+    return len(list(dirs[0].glob("*.log"))) if dirs else 0
+
+
+def test_replica_behind_retention_catches_up_by_snapshot_and_leads(cluster):
+    topic = unique_name("ret-cluster")
+    cluster.create(topic, 1, rf=3, config={"segment.bytes": str(SEGMENT),
+                                           "retention.bytes": str(4 * SEGMENT)})
+    preferred = cluster.partitions(topic)[0].replicas[0]
+    wait(lambda: cluster.leader(topic, 0) == preferred, "the preferred replica to lead")
+    stale = cluster.brokers[preferred]
+    stale.kill9()
+    leader_id = wait(lambda: (lambda l: l if l not in (None, -1, preferred) else None)(
+        cluster.leader(topic, 0)), "a new leader")
+    leader = cluster.brokers[leader_id]
+
+    acked = []
+    for chunk in range(30):
+        acked += produce(cluster.bootstrap(), [
+            Out(topic, 0, None, b"c%d-%d-" % (chunk, i) + b"x" * 100) for i in range(8)],
+            linger_ms=50)
+    wait(lambda: earliest(leader, topic) > acked[0].offset,
+         "retention on the leader to delete the first segments")
+
+    stale.restart()
+    # The stale replica cannot get the deleted entries: it installs the snapshot, then takes
+    # its leadership back (preferred-leader rebalance) once it has applied everything.
+    wait(lambda: cluster.leader(topic, 0, stale) == preferred and
+         cluster.leader(topic, 0) == preferred, "the restarted replica to lead again", 90)
+    assert stale.first_log_line_with("installed partition snapshot") is not None, \
+        "the restarted replica caught up without the snapshot"
+    assert segment_count(stale, topic) >= 1
+
+    got = consume_all(stale.bootstrap, [(topic, 0)], expect=1)
+    low = got[0].offset
+    assert low > acked[0].offset, "records below the retention point came back"
+    assert low == earliest(stale, topic)
+    kept = [r for r in acked if r.offset >= low]
+    assert [r.value for r in got] == [r.value for r in kept], \
+        "the new leader does not serve exactly the acknowledged records above its log start"
+
+
+def test_delete_records_survives_a_leader_change(cluster):
+    topic = unique_name("delrec-cluster")
+    cluster.create(topic, 1, rf=3, config={"segment.bytes": str(SEGMENT)})
+    acked = []
+    for chunk in range(6):
+        acked += produce(cluster.bootstrap(), [
+            Out(topic, 0, None, b"d%d-%d-" % (chunk, i) + b"x" * 100) for i in range(8)],
+            linger_ms=50)
+    cut = acked[20].offset
+    admin = cluster.admin()
+    res = admin.delete_records([TopicPartition(topic, 0, cut)], operation_timeout=30)
+    assert list(res.values())[0].result(timeout=60).low_watermark == cut
+    old = cluster.leader(topic, 0)
+    cluster.brokers[old].kill9()
+    new = wait(lambda: (lambda l: l if l not in (None, -1, old) else None)(
+        cluster.leader(topic, 0)), "a new leader")
+    assert earliest(cluster.brokers[new], topic) == cut, "the new leader forgot DeleteRecords"
+    got = consume_all(cluster.brokers[new].bootstrap, [(topic, 0)], expect=len(acked) - 20)
+    assert [r.value for r in got] == [r.value for r in acked[20:]]
