@@ -68,15 +68,24 @@ fn check_timestamp_type(v: &str) -> Result<(), String> {
 }
 fn check_compression(v: &str) -> Result<(), String> {
     match v {
-        "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+        "producer" => Ok(()),
+        "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Err(format!(
+            "'{v}' is not supported: batches are stored as the producer compressed them \
+             (only 'producer')"
+        )),
         _ => Err(format!(
             "'{v}' must be one of producer, uncompressed, gzip, snappy, lz4, zstd"
         )),
     }
 }
-fn check_bool(v: &str) -> Result<(), String> {
+fn check_unclean(v: &str) -> Result<(), String> {
     match v {
-        "true" | "false" => Ok(()),
+        "false" => Ok(()),
+        "true" => Err(
+            "unclean leader election is never done: Raft elects only replicas \
+                       that hold every committed record"
+                .into(),
+        ),
         _ => Err(format!("'{v}' must be true or false")),
     }
 }
@@ -146,7 +155,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         name: "unclean.leader.election.enable",
         config_type: ConfigType::Boolean,
         doc: "never done: Raft elects only up-to-date replicas",
-        check: check_bool,
+        check: check_unclean,
     },
 ];
 
