@@ -112,16 +112,20 @@ async fn compatibility_table_matches_api_versions() {
             Some((name, _)) if *name != format!("{key:?}") => {
                 problems.push(format!("key {code} is {key:?}, the table says '{name}'"))
             }
-            Some((_, versions)) if versions.as_ref() != answer.get(&code) => problems.push(format!(
-                "key {code} ({key:?}): table says {versions:?}, ApiVersions says {:?}",
-                answer.get(&code)
-            )),
+            Some((_, versions)) if versions.as_ref() != answer.get(&code) => {
+                problems.push(format!(
+                    "key {code} ({key:?}): table says {versions:?}, ApiVersions says {:?}",
+                    answer.get(&code)
+                ))
+            }
             Some(_) => {}
         }
     }
     for code in answer.keys() {
         if !table.contains_key(code) {
-            problems.push(format!("ApiVersions advertises key {code}, the table has no row"));
+            problems.push(format!(
+                "ApiVersions advertises key {code}, the table has no row"
+            ));
         }
     }
     assert!(
