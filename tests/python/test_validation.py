@@ -52,7 +52,8 @@ def test_raw_produce_to_invalid_name_and_bad_crc_get_kafka_codes(broker):
         _, parts = kp.parse_produce_v3(c.recv_frame())
         assert parts[0][2] == INVALID_TOPIC_EXCEPTION, parts
     topic = unique_name("crc")
-    admin(broker.bootstrap).create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    client = admin(broker.bootstrap)  # kept alive until the result is in
+    client.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
     with kp.Conn(port) as c:
         c.send(kp.produce_v3(2, topic, 0, kp.with_bad_crc(kp.record_batch([b"x"], ts))))
         _, parts = kp.parse_produce_v3(c.recv_frame())
