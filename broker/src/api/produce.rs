@@ -52,6 +52,9 @@ pub async fn queue_all(broker: &Arc<Broker>, req: ProduceRequest, version: i16) 
         };
         let unknown = if version >= 13 {
             ResponseError::UnknownTopicId
+        } else if crate::broker::validate_topic_name(td.name.as_str()).is_err() {
+            // A name no topic can have: answer as Metadata and CreateTopics do for it.
+            ResponseError::InvalidTopicException
         } else {
             ResponseError::UnknownTopicOrPartition
         };
