@@ -22,6 +22,9 @@ use tracing::Instrument;
 use crate::replica::{Replica, ReplicaError};
 use crate::store::{CtrlState, RosterEntry};
 
+/// Most queued datagrams handled before a tick judges the clock (bounds the tick's work).
+const MAX_DRAIN: usize = 4096;
+
 /// Timing and sizing of the ring.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -176,23 +179,8 @@ impl Controller {
             let mut admin_open = true;
             loop {
                 tokio::select! {
-                    r = self.sock.recv_from(&mut buf) => match r {
-                        Ok((n, SocketAddr::V4(src))) => {
-                            let bytes = buf.get(..n).unwrap_or_default();
-                            match Message::decode(bytes) {
-                                Ok(msg) => {
-                                    let effects = self.core.on_packet(src, &msg, Instant::now());
-                                    self.execute(effects).await;
-                                }
-                                Err(e) => tracing::debug!(%src, error = %e, "undecodable packet"),
-                            }
-                        }
-                        Ok(_) => {}
-                        // ICMP port-unreachable from a dead switch surfaces here on Linux:
-                        // it is information, not a reason to stop.
-                        Err(e) => tracing::trace!(error = %e, "udp receive error"),
-                    },
-                    _ = tick.tick() => self.on_tick().await,
+                    r = self.sock.recv_from(&mut buf) => self.on_received(r, &buf).await,
+                    _ = tick.tick() => self.on_tick(&mut buf).await,
                     cmd = admin.recv(), if admin_open => match cmd {
                         Some(cmd) => self.on_admin(cmd).await,
                         None => admin_open = false,
@@ -203,6 +191,37 @@ impl Controller {
         }
         .instrument(span)
         .await
+    }
+
+    async fn on_received(&mut self, r: std::io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match r {
+            Ok((n, SocketAddr::V4(src))) => {
+                let bytes = buf.get(..n).unwrap_or_default();
+                match Message::decode(bytes) {
+                    Ok(msg) => {
+                        let effects = self.core.on_packet(src, &msg, Instant::now());
+                        self.execute(effects).await;
+                    }
+                    Err(e) => tracing::debug!(%src, error = %e, "undecodable packet"),
+                }
+            }
+            Ok(_) => {}
+            // ICMP port-unreachable from a dead switch surfaces here on Linux:
+            // it is information, not a reason to stop.
+            Err(e) => tracing::trace!(error = %e, "udp receive error"),
+        }
+    }
+
+    /// Handles what already waits in the socket. Called before the clock is judged: if
+    /// this process was starved (CPU, a paused VM), the tick and a backlog of Progress
+    /// alarms are ready together, and judging the clock first would reseal a healthy ring.
+    async fn drain_socket(&mut self, buf: &mut [u8]) {
+        for _ in 0..MAX_DRAIN {
+            match self.sock.try_recv_from(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                r => self.on_received(r, buf).await,
+            }
+        }
     }
 
     fn sync_metrics(&self) {
@@ -258,7 +277,7 @@ impl Controller {
         }
     }
 
-    async fn on_tick(&mut self) {
+    async fn on_tick(&mut self, buf: &mut [u8]) {
         let leader = self.replica.is_leader();
         self.metrics
             .is_leader
@@ -271,6 +290,7 @@ impl Controller {
             self.become_leader().await;
             return;
         }
+        self.drain_socket(buf).await;
         let effects = self.core.on_tick(Instant::now());
         self.execute(effects).await;
     }

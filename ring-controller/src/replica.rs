@@ -99,6 +99,17 @@ impl Replica {
         listener: TcpListener,
         data_dir: Option<PathBuf>,
     ) -> Result<Self, ReplicaError> {
+        Self::start_with_config(id, peers, listener, data_dir, raft_config()?).await
+    }
+
+    /// [`Replica::start`] with other Raft timing (tests that need elections to collide).
+    pub async fn start_with_config(
+        id: u64,
+        peers: BTreeMap<u64, SocketAddr>,
+        listener: TcpListener,
+        data_dir: Option<PathBuf>,
+        config: Arc<openraft::Config>,
+    ) -> Result<Self, ReplicaError> {
         if let Some(d) = &data_dir {
             std::fs::create_dir_all(d)?;
         }
@@ -107,7 +118,11 @@ impl Replica {
         let net = TcpNetwork {
             peers: peers.clone(),
         };
-        let raft = ControllerRaft::new(id, raft_config()?, net, log, sm).await?;
+        let raft = ControllerRaft::new(id, Arc::clone(&config), net, log, sm).await?;
+        raft_support::spawn_split_vote_breaker(
+            raft.clone(),
+            raft_support::SplitVoteTiming::from_config(&config),
+        );
         tokio::spawn(serve(listener, raft.clone()));
         let members: BTreeMap<u64, BasicNode> = peers
             .iter()
@@ -138,7 +153,12 @@ impl Replica {
         let net = TcpNetwork {
             peers: BTreeMap::new(),
         };
-        let raft = ControllerRaft::new(id, raft_config()?, net, log, sm).await?;
+        let config = raft_config()?;
+        let raft = ControllerRaft::new(id, Arc::clone(&config), net, log, sm).await?;
+        raft_support::spawn_split_vote_breaker(
+            raft.clone(),
+            raft_support::SplitVoteTiming::from_config(&config),
+        );
         tokio::spawn(serve(listener, raft.clone()));
         Ok(Self { id, raft, state })
     }

@@ -18,6 +18,15 @@ use sequencer_p4::wire::{Message, MAX_PACKET};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
+/// Generous against a loaded CI machine: all switches, the controller and Raft share this
+/// process and two threads, and a starved process must not read as a lost token (that
+/// would be a spurious epoch, which the tests assert against).
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(3);
+const GIVE_UP: Duration = Duration::from_secs(4);
+/// Bound on every wait for the ring or the store; a failure takes
+/// TOKEN_TIMEOUT + GIVE_UP plus a few Raft round trips to repair.
+const WAIT_SECS: u64 = 40;
+
 /// What the test can see of a running switch.
 #[derive(Default)]
 struct Seen {
@@ -75,6 +84,14 @@ async fn start_switch(id: u16, addr: SocketAddrV4, boot: u64, ctrl: SocketAddrV4
     Switch { addr, seen, task }
 }
 
+/// Logs go to the test's captured output: shown only when a test fails.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
 /// Bounded polling: `f` must become true within `secs`.
 async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -102,12 +119,12 @@ fn circulating(sw: &[&Switch], epoch: u32) -> Vec<u64> {
 /// Waits until every switch in `sw` is installed in `epoch` and has accepted tokens, twice
 /// apart, so the token is going round rather than having passed once.
 async fn wait_circulating(sw: &[&Switch], epoch: u32) {
-    eventually(10, "token circulating", || {
+    eventually(WAIT_SECS, "token circulating", || {
         circulating(sw, epoch).iter().all(|v| *v > 0)
     })
     .await;
     let first = circulating(sw, epoch);
-    eventually(10, "token keeps circulating", || {
+    eventually(WAIT_SECS, "token keeps circulating", || {
         circulating(sw, epoch)
             .iter()
             .zip(&first)
@@ -118,6 +135,7 @@ async fn wait_circulating(sw: &[&Switch], epoch: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_kill_a_switch_then_grow_back() {
+    init_logs();
     let ctrl_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind ctrl");
     let ctrl_addr = match ctrl_sock.local_addr().expect("addr") {
         SocketAddr::V4(a) => a,
@@ -144,8 +162,8 @@ async fn bootstrap_kill_a_switch_then_grow_back() {
     let cfg = ControllerConfig {
         retry: Duration::from_millis(20),
         probe_interval: Duration::from_millis(50),
-        token_timeout: Duration::from_millis(600),
-        give_up: Duration::from_millis(800),
+        token_timeout: TOKEN_TIMEOUT,
+        give_up: GIVE_UP,
         max_visit: 100,
         report_shift: 8,
         initial_roster: roster,
@@ -155,7 +173,7 @@ async fn bootstrap_kill_a_switch_then_grow_back() {
 
     // Epoch 1 from the roster, token going round all three.
     let stored = |r: &Replica| r.state().config;
-    eventually(10, "epoch 1 stored", || {
+    eventually(WAIT_SECS, "epoch 1 stored", || {
         stored(&replica).is_some_and(|c| c.epoch >= 1)
     })
     .await;
@@ -183,7 +201,7 @@ async fn bootstrap_kill_a_switch_then_grow_back() {
     } = dead;
     task.abort();
     let _ = task.await;
-    eventually(15, "epoch without switch 1", || {
+    eventually(WAIT_SECS, "epoch without switch 1", || {
         stored(&replica).is_some_and(|c| c.epoch >= 2 && c.members.iter().all(|m| m.switch_id != 1))
     })
     .await;
@@ -221,7 +239,7 @@ async fn bootstrap_kill_a_switch_then_grow_back() {
         .await
         .expect("resize");
     assert_eq!(roster.len(), 3);
-    eventually(15, "ring grown back to three", || {
+    eventually(WAIT_SECS, "ring grown back to three", || {
         stored(&replica).is_some_and(|c| c.epoch > e2.epoch && c.members.len() == 3)
     })
     .await;
@@ -243,6 +261,7 @@ async fn bootstrap_kill_a_switch_then_grow_back() {
 /// leader takes over without reconfiguring, and it handles the next failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_controller_leader_stops_nothing() {
+    init_logs();
     let mut socks = Vec::new();
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
@@ -273,8 +292,8 @@ async fn killing_the_controller_leader_stops_nothing() {
     let cfg = ControllerConfig {
         retry: Duration::from_millis(20),
         probe_interval: Duration::from_millis(50),
-        token_timeout: Duration::from_millis(600),
-        give_up: Duration::from_millis(800),
+        token_timeout: TOKEN_TIMEOUT,
+        give_up: GIVE_UP,
         max_visit: 100,
         report_shift: 8,
         initial_roster: roster,
@@ -294,7 +313,7 @@ async fn killing_the_controller_leader_stops_nothing() {
         metrics.push(m);
     }
 
-    eventually(10, "epoch 1 on every replica", || {
+    eventually(WAIT_SECS, "epoch 1 on every replica", || {
         replicas
             .iter()
             .all(|r| r.state().config.is_some_and(|c| c.epoch == 1))
@@ -314,13 +333,14 @@ async fn killing_the_controller_leader_stops_nothing() {
     // The ring does not notice: same epoch, token still going round, while a new leader is
     // elected and settles in (longer than the token timeout, to catch a spurious reseal).
     wait_circulating(&switches.iter().collect::<Vec<_>>(), 1).await;
-    eventually(10, "a new leader", || {
+    eventually(WAIT_SECS, "a new leader", || {
         survivors
             .iter()
             .any(|&i| metrics[i].is_leader.load(Ordering::Relaxed) == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(900)).await; // observation window, not sync
+    // Observation window, not sync: longer than the token timeout.
+    tokio::time::sleep(TOKEN_TIMEOUT + Duration::from_millis(500)).await;
     wait_circulating(&switches.iter().collect::<Vec<_>>(), 1).await;
     for &i in &survivors {
         assert_eq!(
@@ -334,7 +354,7 @@ async fn killing_the_controller_leader_stops_nothing() {
     let dead = switches.remove(2);
     dead.task.abort();
     let _ = dead.task.await;
-    eventually(15, "new epoch from the new leader", || {
+    eventually(WAIT_SECS, "new epoch from the new leader", || {
         survivors.iter().all(|&i| {
             replicas[i]
                 .state()
