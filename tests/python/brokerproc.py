@@ -31,8 +31,41 @@ def broker_bin() -> Path:
     return Path(target) / "release" / "broker"
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct TCP ports on 127.0.0.1 that nobody listens on right now."""
+# Ports handed to child processes come from below the kernel's ephemeral range. A port
+# picked by binding to 0 and closing belongs to the ephemeral range, where any outgoing
+# connection (a client, another test's broker) may take it before the child binds it: that
+# failed a ring test once ("Address already in use"). Below the range only explicit binds
+# compete, and this module never hands out the same port twice in a session.
+_PORT_SPAN = 12000
+_handed_out: set[int] = set()
+_next_port: int | None = None
+
+
+def _port_range() -> tuple[int, int] | None:
+    """[lo, hi) below the ephemeral range, or None if the range leaves no room."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            eph_lo, _eph_hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        eph_lo = 32768
+    lo = max(1024, eph_lo - _PORT_SPAN)
+    return (lo, eph_lo) if eph_lo - lo >= 1000 else None
+
+
+def _bindable(port: int) -> bool:
+    """Nobody holds `port` on 127.0.0.1, for TCP or UDP (a child may use it as either)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def _ephemeral_ports(n: int) -> list[int]:
     socks = []
     try:
         for _ in range(n):
@@ -43,6 +76,30 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports on 127.0.0.1, free for TCP and UDP right now, outside the
+    ephemeral range when the machine's range allows, never the same twice."""
+    global _next_port
+    bounds = _port_range()
+    if bounds is None:
+        return _ephemeral_ports(n)
+    lo, hi = bounds
+    if _next_port is None:
+        # A random start keeps two sessions on one machine (CI and a manual run) apart.
+        _next_port = lo + (os.getpid() * 7919) % (hi - lo)
+    ports: list[int] = []
+    for _ in range(hi - lo):
+        port = _next_port
+        _next_port = lo + (_next_port + 1 - lo) % (hi - lo)
+        if port in _handed_out or not _bindable(port):
+            continue
+        _handed_out.add(port)
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports in {lo}..{hi}")
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ partition, the big batch's records on consecutive offsets, and how long producer
 (printed; bounded generously)."""
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -29,14 +28,8 @@ STALL_LIMIT_S = 15.0
 
 
 def udp_ports(n):
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    # free_ports checks UDP as well as TCP.
+    return free_ports(n)
 
 
 def http_get(port, path):

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -44,8 +45,56 @@ pub fn broker_bin() -> (PathBuf, String) {
     }
 }
 
-/// `n` distinct loopback ports that nothing listens on right now.
+/// Ports handed to brokers come from the span below the kernel's ephemeral range: a port
+/// found by binding to 0 and closing is ephemeral, and any outgoing connection may take it
+/// before the broker binds it. Below the range only explicit binds compete.
+const PORT_SPAN: u16 = 12_000;
+/// Next candidate, as an offset into the span (u32::MAX: not started yet).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// `n` distinct loopback ports, free for TCP and UDP right now, below the ephemeral range
+/// when the machine's range allows it, never the same twice in this process.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let Some((lo, hi)) = port_range() else {
+        return ephemeral_ports(n);
+    };
+    let span = u32::from(hi - lo);
+    // A start that differs per process keeps parallel test binaries apart.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let _ = NEXT_PORT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        let offset = NEXT_PORT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = lo + u16::try_from(offset).context("port offset")?;
+        if bindable(port) {
+            ports.push(port);
+            if ports.len() == n {
+                return Ok(ports);
+            }
+        }
+    }
+    bail!("no {n} free ports in {lo}..{hi}")
+}
+
+/// `[lo, hi)` below the ephemeral range, or None when the range leaves no room.
+fn port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let eph_lo = text
+        .as_deref()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|w| w.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let lo = eph_lo.saturating_sub(PORT_SPAN).max(1024);
+    (eph_lo.saturating_sub(lo) >= 1000).then_some((lo, eph_lo))
+}
+
+/// Nobody holds `port` on 127.0.0.1, for TCP or UDP.
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+        && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn ephemeral_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
