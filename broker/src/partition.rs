@@ -173,11 +173,10 @@ impl Partition {
         let snapshot_target = sm.target_slot();
         let config = partition_raft_config(env.timing).map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&env.cluster.transport), PartitionRoute(spec.key));
-        let split_vote = raft_support::SplitVoteTiming::from_config(&config);
         let raft = PartitionRaft::new(env.node_id, config, network, log_store, sm)
             .await
             .map_err(|e| raft_err(&e))?;
-        raft_support::spawn_split_vote_breaker(raft.clone(), split_vote);
+        raft_support::spawn_split_vote_breaker(raft.clone());
         env.cluster.register_group(spec.key, raft.clone());
         let node_id = i32::try_from(env.node_id).unwrap_or(i32::MAX);
         if !raft.is_initialized().await.map_err(|e| raft_err(&e))? {

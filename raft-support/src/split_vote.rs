@@ -75,11 +75,13 @@ pub fn judge(
     }
 }
 
-/// Starts the watchdog for one Raft node. It ends by itself when the node shuts down.
-pub fn spawn_split_vote_breaker<C>(raft: Raft<C>, timing: SplitVoteTiming) -> JoinHandle<()>
+/// Starts the watchdog for one Raft node, timed from the node's own config. It ends by
+/// itself when the node shuts down.
+pub fn spawn_split_vote_breaker<C>(raft: Raft<C>) -> JoinHandle<()>
 where
     C: RaftTypeConfig,
 {
+    let timing = SplitVoteTiming::from_config(raft.config());
     tokio::spawn(watch(raft, timing))
 }
 

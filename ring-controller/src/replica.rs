@@ -118,11 +118,8 @@ impl Replica {
         let net = TcpNetwork {
             peers: peers.clone(),
         };
-        let raft = ControllerRaft::new(id, Arc::clone(&config), net, log, sm).await?;
-        raft_support::spawn_split_vote_breaker(
-            raft.clone(),
-            raft_support::SplitVoteTiming::from_config(&config),
-        );
+        let raft = ControllerRaft::new(id, config, net, log, sm).await?;
+        raft_support::spawn_split_vote_breaker(raft.clone());
         tokio::spawn(serve(listener, raft.clone()));
         let members: BTreeMap<u64, BasicNode> = peers
             .iter()
@@ -153,12 +150,8 @@ impl Replica {
         let net = TcpNetwork {
             peers: BTreeMap::new(),
         };
-        let config = raft_config()?;
-        let raft = ControllerRaft::new(id, Arc::clone(&config), net, log, sm).await?;
-        raft_support::spawn_split_vote_breaker(
-            raft.clone(),
-            raft_support::SplitVoteTiming::from_config(&config),
-        );
+        let raft = ControllerRaft::new(id, raft_config()?, net, log, sm).await?;
+        raft_support::spawn_split_vote_breaker(raft.clone());
         tokio::spawn(serve(listener, raft.clone()));
         Ok(Self { id, raft, state })
     }

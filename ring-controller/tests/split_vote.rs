@@ -37,28 +37,18 @@ async fn start_group() -> Vec<Replica> {
         listeners.push((id, l));
     }
     // Started concurrently, so that their ticks line up as closely as this process allows.
-    let starts = listeners.into_iter().map(|(id, l)| {
-        let peers = peers.clone();
-        async move {
-            Replica::start_with_config(id, peers, l, None, colliding_config())
-                .await
-                .expect("replica")
-        }
-    });
-    futures_join_all(starts).await
-}
-
-/// `join_all` without another dependency: the futures are spawned and awaited in order.
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<Replica>
-where
-    F: std::future::Future<Output = Replica> + Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.expect("start task"));
+    let starts: Vec<_> = listeners
+        .into_iter()
+        .map(|(id, l)| {
+            let start = Replica::start_with_config(id, peers.clone(), l, None, colliding_config());
+            tokio::spawn(start)
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for s in starts {
+        replicas.push(s.await.expect("start task").expect("replica"));
     }
-    out
+    replicas
 }
 
 async fn wait_leader(replicas: &[&Replica], bound: Duration) -> Option<Duration> {

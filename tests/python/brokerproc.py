@@ -87,7 +87,7 @@ def free_ports(n: int) -> list[int]:
         return _ephemeral_ports(n)
     lo, hi = bounds
     if _next_port is None:
-        # A random start keeps two sessions on one machine (CI and a manual run) apart.
+        # A start that differs per process keeps two sessions on one machine apart.
         _next_port = lo + (os.getpid() * 7919) % (hi - lo)
     ports: list[int] = []
     for _ in range(hi - lo):

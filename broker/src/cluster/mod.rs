@@ -115,11 +115,10 @@ impl Cluster {
             .config("metadata", openraft::SnapshotPolicy::LogsSinceLast(1000))
             .map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&transport), MetaRoute);
-        let split_vote = raft_support::SplitVoteTiming::from_config(&config);
         let raft = MetaRaft::new(options.node_id, config, network, log, sm)
             .await
             .map_err(|e| raft_err(&e))?;
-        raft_support::spawn_split_vote_breaker(raft.clone(), split_vote);
+        raft_support::spawn_split_vote_breaker(raft.clone());
         let is_voter = options.seeds.contains_key(&options.node_id);
         if is_voter && !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
             // Every seed initializes with the same voter set: openraft documents this as
