@@ -6,6 +6,7 @@ mod client;
 mod consume;
 mod produce;
 mod report;
+mod visibility;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Mode {
     Produce(produce::ProduceArgs),
     /// Read N records from the beginning of every partition and report throughput.
     Consume(consume::ConsumeArgs),
+    /// Acknowledgement → delivery latency: an ordered read_committed reader (the global
+    /// order) next to a read_uncommitted consumer, at a fixed produce rate.
+    Visibility(visibility::VisibilityArgs),
 }
 
 /// Flags shared by both modes.
@@ -63,5 +67,6 @@ fn main() -> Result<()> {
     match Cli::parse().mode {
         Mode::Produce(args) => produce::run(&args),
         Mode::Consume(args) => consume::run(&args),
+        Mode::Visibility(args) => visibility::run(&args),
     }
 }

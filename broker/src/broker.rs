@@ -6,7 +6,7 @@
 //! (and deletes) the ones whose topic is gone. A reporter task tells the metadata which
 //! partitions this broker leads, with their epoch and ISR.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,12 @@ use crate::cluster::metadata::{
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, ClusterError, ClusterOptions, RaftTiming};
 use crate::config::{BrokerConfig, SequencerKind};
+use crate::frontier_driver::Frontier;
 use crate::metrics::Metrics;
 use crate::partition::{Partition, PartitionEnv, PartitionSpec};
 use crate::ring_sequencer::{ConfigSource, RingOptions, RingSequencer};
 use crate::sequencer::{LocalSequencer, Sequencer, SequencerClient};
+use crate::storage::health::StorageFailure;
 use crate::storage::meta::{MetaError, MetaStore, TopicRecord};
 use crate::topic_config::{self, ConfigOp, DynamicConfigs};
 
@@ -76,8 +78,11 @@ pub enum BrokerError {
 
 pub struct Topic {
     pub record: TopicRecord,
-    /// This broker's replica of each partition (`None`: hosted elsewhere).
+    /// This broker's replica of each partition (`None`: hosted elsewhere, or it could not be
+    /// opened: then it is in `unopened`).
     pub partitions: Vec<Option<Arc<Partition>>>,
+    /// Replicas this broker hosts that failed to open (offline, as after a storage error).
+    pub unopened: BTreeMap<i32, StorageFailure>,
 }
 
 impl Topic {
@@ -90,13 +95,39 @@ impl Topic {
     }
 
     /// This broker's replica, or the error Kafka gives for a partition it cannot serve:
-    /// unknown partition, or NOT_LEADER_OR_FOLLOWER when another broker hosts it.
+    /// unknown partition, NOT_LEADER_OR_FOLLOWER when another broker hosts it, and
+    /// KAFKA_STORAGE_ERROR when its replica here is offline after a storage error.
     pub fn local(&self, index: i32) -> Result<&Arc<Partition>, ResponseError> {
         if index < 0 || index >= self.record.partitions {
             return Err(ResponseError::UnknownTopicOrPartition);
         }
-        self.partition(index)
-            .ok_or(ResponseError::NotLeaderOrFollower)
+        if self.unopened.contains_key(&index) {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        let p = self
+            .partition(index)
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        if p.is_offline() {
+            return Err(ResponseError::KafkaStorageError);
+        }
+        Ok(p)
+    }
+
+    /// This broker's offline replicas of the topic, with the reason.
+    pub fn offline_replicas(&self) -> Vec<(i32, StorageFailure)> {
+        let running = self
+            .partitions
+            .iter()
+            .flatten()
+            .filter_map(|p| p.storage_failure().map(|f| (p.index, f.clone())));
+        let mut out: Vec<(i32, StorageFailure)> = self
+            .unopened
+            .iter()
+            .map(|(i, f)| (*i, f.clone()))
+            .chain(running)
+            .collect();
+        out.sort_by_key(|(i, _)| *i);
+        out
     }
 
     /// Replica broker ids of partition `index` (records of single-broker versions have
@@ -114,6 +145,16 @@ fn replicas_of(record: &TopicRecord, index: i32, me: i32) -> Vec<i32> {
         .unwrap_or_else(|| vec![me])
 }
 
+/// A broker as Metadata / DescribeCluster advertise it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertisedBroker {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    /// See `Cluster::is_live`; Kafka calls the others fenced.
+    pub live: bool,
+}
+
 /// Who leads a partition, as this broker knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderView {
@@ -121,6 +162,18 @@ pub struct LeaderView {
     pub leader: i32,
     pub epoch: i32,
     pub isr: Vec<i32>,
+}
+
+impl LeaderView {
+    /// The view without offline replicas: out of the ISR, and no leader while the last
+    /// known one is offline (its successor has not been heard of yet).
+    fn without(mut self, offline: &BTreeSet<i32>) -> Self {
+        if offline.contains(&self.leader) {
+            self.leader = -1;
+        }
+        self.isr.retain(|b| !offline.contains(b));
+        self
+    }
 }
 
 pub struct Broker {
@@ -144,6 +197,8 @@ pub struct Broker {
     applied_dynamic: std::sync::Mutex<DynamicConfigs>,
     /// This broker's block of producer ids (InitProducerId).
     pub producer_ids: crate::producer_ids::ProducerIds,
+    /// The stable frontier of the global order (read_committed).
+    pub frontier: Arc<Frontier>,
 }
 
 impl Broker {
@@ -163,6 +218,15 @@ impl Broker {
             seeds_cluster_id(&config.seeds)
         };
         let cluster = start_cluster(&config, Arc::clone(&meta), &local_cluster_id).await?;
+        // A member of a cluster restarted with another sequencer must not lead (and number)
+        // anything: the metadata it already holds says so before its new registration is
+        // refused.
+        if let Some(why) = cluster
+            .state()
+            .sequencer_conflict(config.broker_id(), Some(config.sequencer))
+        {
+            return Err(BrokerError::InvalidConfig(why));
+        }
         let data_arrived = Arc::new(Notify::new());
         // The sequencer must start above every stored offset; partitions open first with a
         // sequencer client whose numbers are only requested once they lead.
@@ -171,6 +235,10 @@ impl Broker {
         let sequencer = start_sequencer(&config, &meta, floor, &metrics).await?;
         let client =
             SequencerClient::start(sequencer, config.sequencer_window, Arc::clone(&metrics));
+        let frontier = Frontier::new(config.node_id, config.frontier, Arc::clone(&metrics));
+        // Before it answers any peer: which partitions exist and who votes in them.
+        frontier.set_cluster(&cluster.state());
+        frontier.start(Arc::clone(&cluster), client.clone(), floor);
         let inflight = (config.max_frame_bytes * 4).max(256 << 20);
         let broker = Arc::new(Self {
             inflight_bytes: Arc::new(Semaphore::new(inflight.min(Semaphore::MAX_PERMITS))),
@@ -186,6 +254,7 @@ impl Broker {
             applied_dynamic: std::sync::Mutex::new(DynamicConfigs::new()),
             groups: std::sync::OnceLock::new(),
             producer_ids: crate::producer_ids::ProducerIds::default(),
+            frontier,
         });
         let state = broker.cluster.state();
         broker.reconcile(&state).await;
@@ -246,12 +315,15 @@ impl Broker {
             cluster: Arc::clone(&self.cluster),
             timing: self.cluster.timing,
             duplicates: self.metrics.produce_duplicates.clone(),
+            frontier: Arc::clone(&self.frontier),
+            storage: self.metrics.storage.clone(),
         }
     }
 
     /// Brings the local replicas in line with the cluster metadata.
     async fn reconcile(&self, state: &ClusterState) {
         let _admin = self.admin.lock().await;
+        self.frontier.set_cluster(state);
         for topic in self.topics() {
             let kept = state
                 .topics
@@ -372,7 +444,14 @@ impl Broker {
         let settings = topic_config::settings(&self.config, &state.broker_configs, &record.configs);
         let env = self.env(settings);
         let mut partitions = Vec::new();
+        let mut unopened = BTreeMap::new();
         for index in 0..record.partitions {
+            if let Some(f) = current.and_then(|c| c.unopened.get(&index)) {
+                // Offline until a restart, like a replica that failed while open.
+                unopened.insert(index, f.clone());
+                partitions.push(None);
+                continue;
+            }
             if let Some(p) = current.and_then(|c| c.partition(index)) {
                 p.set_settings(settings);
                 partitions.push(Some(Arc::clone(p)));
@@ -395,17 +474,50 @@ impl Broker {
                 voters: self.voters(&replicas, state),
                 replicas,
             };
+            let key = spec.key;
+            let was_offline = state.offline_replicas(&record.id, index).contains(&me);
             match Partition::open(&env, spec).await {
-                Ok(p) => partitions.push(Some(p)),
+                Ok(p) => {
+                    partitions.push(Some(p));
+                    if was_offline {
+                        tracing::info!(topic = %record.name, partition = index, "replica opened again: online");
+                        tokio::spawn(crate::offline::report(
+                            Arc::clone(&self.cluster),
+                            key,
+                            me,
+                            false,
+                        ));
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(topic = %record.name, partition = index, error = %e, "cannot open partition replica");
+                    tracing::error!(topic = %record.name, partition = index, error = %e, "cannot open partition replica: it stays offline");
+                    self.metrics
+                        .storage
+                        .errors
+                        .with_label_values(&["open"])
+                        .inc();
+                    self.metrics.storage.offline.inc();
+                    let failure = StorageFailure {
+                        op: "open",
+                        error: e.to_string(),
+                    };
+                    unopened.insert(index, failure);
                     partitions.push(None);
+                    if !was_offline {
+                        tokio::spawn(crate::offline::report(
+                            Arc::clone(&self.cluster),
+                            key,
+                            me,
+                            true,
+                        ));
+                    }
                 }
             }
         }
         Topic {
             record: record.clone(),
             partitions,
+            unopened,
         }
     }
 
@@ -435,15 +547,27 @@ impl Broker {
                 topics.remove(&topic.record.name);
             }
         }
-        for p in topic.partitions.iter().flatten() {
+        let opened = topic.partitions.iter().flatten();
+        for p in opened.clone() {
             p.shutdown().await;
-            let group = group_name(&topic.record, p.index);
+        }
+        for _ in &topic.unopened {
+            self.metrics.storage.offline.dec();
+        }
+        let indexes = opened
+            .map(|p| p.index)
+            .chain(topic.unopened.keys().copied());
+        for index in indexes {
+            let group = group_name(&topic.record, index);
             if let Err(e) = self.meta.delete_raft_group(&group) {
                 tracing::warn!(group, error = %e, "cannot forget deleted partition's raft state");
             }
             let dir = self.config.data_dir.join(&group);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition");
+                }
+                _ => {}
             }
         }
         tracing::info!(topic = %topic.record.name, "deleted topic's local replicas");
@@ -480,7 +604,9 @@ impl Broker {
     pub fn leader_view(&self, topic: &Topic, index: i32) -> LeaderView {
         let state = self.cluster.state();
         let reported = reported_states(&state, topic);
+        let offline = self.offline_of(&state, topic, index);
         self.view_of(topic, index, nth(reported, index))
+            .without(&offline)
     }
 
     /// `leader_view` of every partition of `topic`, reading the metadata once.
@@ -488,8 +614,26 @@ impl Broker {
         let state = self.cluster.state();
         let reported = reported_states(&state, topic);
         (0..topic.record.partitions)
-            .map(|index| self.view_of(topic, index, nth(reported, index)))
+            .map(|index| {
+                let offline = self.offline_of(&state, topic, index);
+                self.view_of(topic, index, nth(reported, index))
+                    .without(&offline)
+            })
             .collect()
+    }
+
+    /// Replicas of a partition offline after a storage error: as the metadata lists them,
+    /// and this broker's own as soon as it knows (before the metadata has it).
+    pub fn offline_replicas(&self, topic: &Topic, index: i32) -> BTreeSet<i32> {
+        self.offline_of(&self.cluster.state(), topic, index)
+    }
+
+    fn offline_of(&self, state: &ClusterState, topic: &Topic, index: i32) -> BTreeSet<i32> {
+        let mut offline = state.offline_replicas(&topic.record.id, index);
+        if matches!(topic.local(index), Err(ResponseError::KafkaStorageError)) {
+            offline.insert(self.config.broker_id());
+        }
+        offline
     }
 
     fn view_of(&self, topic: &Topic, index: i32, reported: Option<PartitionState>) -> LeaderView {
@@ -517,31 +661,53 @@ impl Broker {
         }
     }
 
-    /// Every broker with the address of the listener the current request arrived on.
+    /// Every live broker (`Cluster::is_live`: this one, and those that answered its probes
+    /// lately) with the address of the listener the current request arrived on. Kafka lists
+    /// only live brokers, so clients do not spend connection attempts on dead ones.
     pub fn advertised_brokers(&self) -> Vec<(i32, String, u16)> {
+        self.registered_brokers()
+            .into_iter()
+            .filter(|b| b.live)
+            .map(|b| (b.id, b.host, b.port))
+            .collect()
+    }
+
+    /// Every registered broker (and this one) with its address on the current request's
+    /// listener and whether it is live; sorted by id.
+    pub fn registered_brokers(&self) -> Vec<AdvertisedBroker> {
         let listener = LISTENER.try_with(|l| *l).unwrap_or(EXTERNAL);
         let state = self.cluster.state();
-        let mut out: Vec<(i32, String, u16)> = state
+        let mut out: Vec<AdvertisedBroker> = state
             .brokers
             .values()
             .filter_map(|b| {
                 let pick = |name: &str| b.endpoints.iter().find(|e| e.listener == name);
                 pick(listener)
                     .or_else(|| pick(EXTERNAL))
-                    .map(|e| (b.id, e.host.clone(), e.port))
+                    .map(|e| AdvertisedBroker {
+                        id: b.id,
+                        host: e.host.clone(),
+                        port: e.port,
+                        live: self.cluster.is_live(b.id),
+                    })
             })
             .collect();
-        if !out.iter().any(|(id, _, _)| *id == self.config.broker_id()) {
+        if !out.iter().any(|b| b.id == self.config.broker_id()) {
             let me = own_endpoints(&self.config);
             if let Some(e) = me
                 .iter()
                 .find(|e| e.listener == listener)
                 .or_else(|| me.first())
             {
-                out.push((self.config.broker_id(), e.host.clone(), e.port));
+                out.push(AdvertisedBroker {
+                    id: self.config.broker_id(),
+                    host: e.host.clone(),
+                    port: e.port,
+                    live: true,
+                });
             }
         }
-        out.sort();
+        out.sort_by_key(|b| b.id);
         out
     }
 
@@ -882,6 +1048,7 @@ fn rejection(r: Rejection) -> BrokerError {
         Rejection::TopicExists(n) => BrokerError::TopicExists(n),
         Rejection::UnknownTopic(n) => BrokerError::UnknownTopic(n),
         Rejection::Invalid(m) => BrokerError::InvalidReplicationFactor(m),
+        Rejection::SequencerMismatch(m) => BrokerError::InvalidConfig(m),
     }
 }
 
@@ -938,12 +1105,14 @@ async fn start_cluster(
             id: config.broker_id(),
             raft_addr: config.raft_advertised.clone(),
             endpoints: own_endpoints(config),
+            sequencer: Some(config.sequencer),
         },
         cluster_id: cluster_id.to_string(),
         timing: RaftTiming {
             heartbeat_ms: config.raft_heartbeat_ms,
             election_min_ms: config.raft_election_ms,
         },
+        session_timeout: config.broker_session_timeout,
     };
     Ok(Cluster::start(options, meta, listener).await?)
 }
@@ -989,6 +1158,7 @@ async fn run_reporter(broker: std::sync::Weak<Broker>) {
     loop {
         tokio::time::sleep(REPORT_INTERVAL).await;
         let Some(b) = broker.upgrade() else { return };
+        b.note_metadata_raft();
         b.report().await;
         let every = b.config.leader_rebalance_interval;
         if !every.is_zero() && last_rebalance.elapsed() >= every {
@@ -999,6 +1169,21 @@ async fn run_reporter(broker: std::sync::Weak<Broker>) {
 }
 
 impl Broker {
+    /// The metadata group's term and leader, for `/metrics`.
+    fn note_metadata_raft(&self) {
+        let (term, leader) = {
+            let m = self.cluster.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.current_leader)
+        };
+        self.metrics
+            .metadata_term
+            .set(i64::try_from(term).unwrap_or(i64::MAX));
+        self.metrics
+            .metadata_leader
+            .set(leader.and_then(|l| i64::try_from(l).ok()).unwrap_or(-1));
+    }
+
     /// Raises the log start of every local replica to its DeleteRecords low watermark.
     fn apply_low_watermarks(&self, state: &ClusterState) {
         for topic in self.topics() {
@@ -1091,9 +1276,14 @@ fn scan_max_offset(
             if !dir.exists() {
                 continue;
             }
-            let log =
-                crate::storage::log::PartitionLog::open(&dir, config.log, &Default::default())?;
-            max = max.max(log.end_offset().unwrap_or(0));
+            // A replica whose files cannot be read is left to its own open, which takes it
+            // offline; the other replicas hold its data, so the broker still starts.
+            match crate::storage::log::PartitionLog::open(&dir, config.log, &Default::default()) {
+                Ok(log) => max = max.max(log.end_offset().unwrap_or(0)),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot read partition log");
+                }
+            }
         }
     }
     Ok(max.max(0) as u64)

@@ -172,7 +172,7 @@ pub async fn run(broker: Weak<Broker>) {
             .topics()
             .iter()
             .flat_map(|t| t.partitions.iter().flatten().cloned().collect::<Vec<_>>())
-            .filter(|p| p.settings().cleanup_compact)
+            .filter(|p| p.settings().cleanup_compact && !p.is_offline())
             .collect();
         drop(b);
         states.retain(|(topic, index), _| {
@@ -202,6 +202,10 @@ pub async fn run(broker: Weak<Broker>) {
                 Ok(Err(e)) => {
                     metrics.errors.inc();
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log cleaning failed");
+                    // An I/O error on the replica's files takes it offline, as any other.
+                    if let CompactError::Io(io) = &e {
+                        p.note_storage_error("clean", io);
+                    }
                 }
                 Err(e) => {
                     metrics.errors.inc();

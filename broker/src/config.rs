@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// When the log is fsynced relative to acknowledging writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -21,14 +21,24 @@ pub enum FlushPolicy {
     Interval,
 }
 
-/// Where global sequence numbers come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+/// Where global sequence numbers come from. Also recorded in the cluster metadata (each
+/// broker's registration and the cluster's own), so it is serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SequencerKind {
     /// In-process counter with a lease in the metadata store (single broker).
     Local,
     /// The switch ring (`sequencer-p4`), configured by the ring controllers.
     Ring,
+}
+
+impl std::fmt::Display for SequencerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SequencerKind::Local => "local",
+            SequencerKind::Ring => "ring",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -90,6 +100,10 @@ struct FileConfig {
     replica_lag_time_max_ms: Option<u64>,
     leader_rebalance_interval_ms: Option<u64>,
     log_retention_check_interval_ms: Option<u64>,
+    frontier_round_gap_us: Option<u64>,
+    frontier_idle_round_ms: Option<u64>,
+    frontier_probe_timeout_ms: Option<u64>,
+    broker_session_timeout_ms: Option<u64>,
     // Consumer groups (crate::group::GroupArgs).
     group_initial_rebalance_delay_ms: Option<u64>,
     group_min_session_timeout_ms: Option<u32>,
@@ -222,6 +236,23 @@ pub struct Args {
     /// (Kafka's log.retention.check.interval.ms). Default 300000.
     #[arg(long, env = "BROKER_LOG_RETENTION_CHECK_INTERVAL_MS")]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// Least time between two frontier rounds while something changes (microseconds):
+    /// lower means read_committed sees records sooner, at more messages per second.
+    /// Default 1000.
+    #[arg(long, env = "BROKER_FRONTIER_ROUND_GAP_US")]
+    pub frontier_round_gap_us: Option<u64>,
+    /// A frontier round runs at least this often even when nothing changed. Default 1000.
+    #[arg(long, env = "BROKER_FRONTIER_IDLE_ROUND_MS")]
+    pub frontier_idle_round_ms: Option<u64>,
+    /// A peer that has not answered a frontier probe after this long counts as refusing.
+    /// Default 500.
+    #[arg(long, env = "BROKER_FRONTIER_PROBE_TIMEOUT_MS")]
+    pub frontier_probe_timeout_ms: Option<u64>,
+    /// A broker whose Raft transport has not answered this broker's probes for this long is
+    /// not listed in Metadata/DescribeCluster (Kafka's broker.session.timeout.ms); partitions
+    /// it leads report LEADER_NOT_AVAILABLE. Default 9000, at least 1000.
+    #[arg(long, env = "BROKER_BROKER_SESSION_TIMEOUT_MS")]
+    pub broker_session_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub groups: crate::group::GroupArgs,
     #[command(flatten)]
@@ -264,6 +295,10 @@ pub struct BrokerConfig {
     pub leader_rebalance_interval: Duration,
     /// How often retention runs (at least 10 ms).
     pub log_retention_check_interval: Duration,
+    /// Timing of the frontier's rounds.
+    pub frontier: frontier::Options,
+    /// Brokers silent this long are not listed as live.
+    pub broker_session_timeout: Duration,
     /// Consumer groups.
     pub groups: crate::group::GroupConfig,
     /// Log compaction.
@@ -470,6 +505,27 @@ impl BrokerConfig {
                     .unwrap_or(300_000)
                     .max(10),
             ),
+            frontier: frontier::Options {
+                min_round_gap_us: args
+                    .frontier_round_gap_us
+                    .or(file.frontier_round_gap_us)
+                    .unwrap_or(1_000),
+                idle_round_every_us: args
+                    .frontier_idle_round_ms
+                    .or(file.frontier_idle_round_ms)
+                    .unwrap_or(1_000)
+                    .saturating_mul(1_000),
+                probe_timeout_us: args
+                    .frontier_probe_timeout_ms
+                    .or(file.frontier_probe_timeout_ms)
+                    .unwrap_or(500)
+                    .saturating_mul(1_000),
+            },
+            broker_session_timeout: Duration::from_millis(
+                args.broker_session_timeout_ms
+                    .or(file.broker_session_timeout_ms)
+                    .unwrap_or(9_000),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -477,6 +533,25 @@ impl BrokerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        let f = self.frontier;
+        if !(100..=1_000_000).contains(&f.min_round_gap_us) {
+            return invalid(
+                "frontier-round-gap-us",
+                format!("{} is outside 100..=1000000", f.min_round_gap_us),
+            );
+        }
+        if !(10_000..=60_000_000).contains(&f.idle_round_every_us) {
+            return invalid(
+                "frontier-idle-round-ms",
+                format!("{} is outside 10..=60000", f.idle_round_every_us / 1_000),
+            );
+        }
+        if !(10_000..=60_000_000).contains(&f.probe_timeout_us) {
+            return invalid(
+                "frontier-probe-timeout-ms",
+                format!("{} is outside 10..=60000", f.probe_timeout_us / 1_000),
+            );
+        }
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&self.num_partitions) {
             return invalid(
                 "num-partitions",
@@ -528,12 +603,25 @@ impl BrokerConfig {
                 return invalid("ring-controllers", format!("`{bad}` is not host:port"));
             }
         }
-        if self.seeds.len() > 1 && self.sequencer != SequencerKind::Ring {
+        // Any seed other than this broker makes it part of a cluster of several brokers, even
+        // when the list names a single (other) broker: this one then joins as a learner and
+        // hosts replicas, and a local counter here would hand out offsets the others use.
+        if let Some(other) = self.seeds.keys().find(|id| **id != self.node_id) {
+            if self.sequencer != SequencerKind::Ring {
+                return invalid(
+                    "sequencer",
+                    format!(
+                        "--seeds names broker {other}, so this broker joins a cluster of \
+                         several brokers, which needs --sequencer ring: local counters on \
+                         different brokers would hand out the same offsets"
+                    ),
+                );
+            }
+        }
+        if self.broker_session_timeout < Duration::from_secs(1) {
             return invalid(
-                "sequencer",
-                "a cluster of several brokers needs --sequencer ring: local counters on \
-                 different brokers would hand out the same offsets"
-                    .into(),
+                "broker-session-timeout-ms",
+                "must be at least 1000 (brokers are probed every 500 ms)".into(),
             );
         }
         if self.default_replication_factor < 1 {
@@ -677,6 +765,31 @@ mod tests {
         let single = parse(&[]).expect("defaults");
         assert!(single.seeds.is_empty());
         assert_eq!(single.raft_advertised, "localhost:9093");
+    }
+
+    #[test]
+    fn any_other_seed_needs_the_ring() {
+        // One seed that is another broker: this broker joins that cluster as a learner.
+        let err = parse(&["--node-id", "2", "--seeds", "1@b1:9093"])
+            .expect_err("joining another broker needs the ring");
+        assert!(err.to_string().contains("--sequencer ring"), "{err}");
+        assert!(err.to_string().contains("broker 1"), "{err}");
+        // Seeds naming only this broker: a cluster of one, the local counter is fine.
+        let alone = parse(&["--node-id", "1", "--seeds", "1@b1:9093"]).expect("cluster of one");
+        assert_eq!(alone.sequencer, SequencerKind::Local);
+        assert!(parse(&[]).is_ok(), "no seeds: a cluster of one");
+        let joined = parse(&[
+            "--node-id",
+            "2",
+            "--seeds",
+            "1@b1:9093",
+            "--sequencer",
+            "ring",
+            "--ring-controllers",
+            "c:9700",
+        ])
+        .expect("with the ring");
+        assert_eq!(joined.raft_advertised, "localhost:9093");
     }
 
     #[test]

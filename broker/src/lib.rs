@@ -5,12 +5,16 @@
 //! groups) → `storage` (segment files and RocksDB). `sequencer` hands out GSNs.
 
 pub mod api;
+pub mod appender;
 pub mod broker;
 pub mod cleaner;
 pub mod cluster;
 pub mod config;
+pub mod frontier_driver;
 pub mod group;
 pub mod metrics;
+pub mod min_insync;
+pub mod offline;
 pub mod partition;
 pub mod producer_ids;
 pub mod producer_state;

@@ -101,6 +101,10 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        // Stop at once: this broker must not number anything for a cluster that refused it.
+        why = broker.cluster.refused() => {
+            return Err(anyhow::anyhow!("the cluster refused this broker: {why}"));
+        }
     }
     let _ = stop_tx.send(true);
     let _ = server.await;

@@ -36,6 +36,20 @@ pub struct Metrics {
     pub producer_ids: IntCounter,
     pub log_segments_deleted: IntCounter,
     pub log_bytes_deleted: IntCounter,
+    /// The stable frontier F this broker exposes (-1 until it has one).
+    pub frontier: IntGauge,
+    /// The highest GSN this broker knows was handed out.
+    pub frontier_newest: IntGauge,
+    /// newest + 1 - F: numbers handed out that are not final yet.
+    pub frontier_lag: IntGauge,
+    pub frontier_rounds: IntCounter,
+    /// Certificates of led partitions that a round could not confirm.
+    pub frontier_unconfirmed: IntCounter,
+    /// I/O errors of partition storage, and the replicas they took offline.
+    pub storage: crate::storage::health::HealthMetrics,
+    /// The metadata Raft group's term and leader as this broker sees them (-1: none).
+    pub metadata_term: IntGauge,
+    pub metadata_leader: IntGauge,
 }
 
 impl Default for Metrics {
@@ -139,6 +153,51 @@ impl Metrics {
                 "gsn_log_bytes_deleted_total",
                 "Bytes of log segments deleted by retention, DeleteRecords or an installed snapshot",
             ),
+            frontier: IntGauge::new(
+                "gsn_frontier",
+                "Stable frontier F: every GSN below it is committed in one partition or never used",
+            )
+            .expect("static metric definition"),
+            frontier_newest: IntGauge::new(
+                "gsn_frontier_newest",
+                "Highest GSN this broker knows was handed out by the sequencer",
+            )
+            .expect("static metric definition"),
+            frontier_lag: IntGauge::new(
+                "gsn_frontier_lag",
+                "GSNs handed out that are not below the frontier yet (newest + 1 - F)",
+            )
+            .expect("static metric definition"),
+            frontier_rounds: counter(
+                "gsn_frontier_rounds_total",
+                "Frontier rounds (one probe to every peer) this broker started",
+            ),
+            frontier_unconfirmed: counter(
+                "gsn_frontier_unconfirmed_total",
+                "Partition certificates a round could not confirm with a majority",
+            ),
+            storage: crate::storage::health::HealthMetrics {
+                errors: counter_vec(
+                    "gsn_storage_errors_total",
+                    "I/O errors of partition storage, by the operation that failed",
+                    &["op"],
+                ),
+                offline: IntGauge::new(
+                    "gsn_offline_replicas",
+                    "Partition replicas of this broker offline after a storage error",
+                )
+                .expect("static metric definition"),
+            },
+            metadata_term: IntGauge::new(
+                "gsn_metadata_raft_term",
+                "Term of the cluster metadata Raft group as this broker sees it",
+            )
+            .expect("static metric definition"),
+            metadata_leader: IntGauge::new(
+                "gsn_metadata_leader",
+                "Leader (controller) of the cluster metadata Raft group as this broker sees it; -1: none",
+            )
+            .expect("static metric definition"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.bytes_in.clone()),
@@ -162,6 +221,15 @@ impl Metrics {
             Box::new(m.producer_ids.clone()),
             Box::new(m.log_segments_deleted.clone()),
             Box::new(m.log_bytes_deleted.clone()),
+            Box::new(m.frontier.clone()),
+            Box::new(m.frontier_newest.clone()),
+            Box::new(m.frontier_lag.clone()),
+            Box::new(m.frontier_rounds.clone()),
+            Box::new(m.frontier_unconfirmed.clone()),
+            Box::new(m.storage.errors.clone()),
+            Box::new(m.storage.offline.clone()),
+            Box::new(m.metadata_term.clone()),
+            Box::new(m.metadata_leader.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

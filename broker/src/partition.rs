@@ -12,31 +12,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use openraft::error::ClientWriteError;
+use bytes::BytesMut;
 use openraft::{BasicNode, ServerState};
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::appender::{run_appender, AppendRequest, Appender};
 use crate::cluster::network::{Network, PartitionRoute};
 use crate::cluster::wire::GroupKey;
 use crate::cluster::{Cluster, RaftTiming};
-use crate::producer_state::{
-    self, BatchMeta, Incoming, PendingView, ProducerEntry, SequenceError, Verdict,
-};
+use crate::frontier_driver::Frontier;
+use crate::producer_state::{PendingView, SequenceError};
 use crate::raft::log_store::{raise_log_start, LogStore, SharedLog};
 use crate::raft::state_machine::{SnapshotTarget, StateMachineStore, TargetSlot};
-use crate::raft::{partition_raft_config, AppendedSignal, BatchEntry, PartitionRaft};
+use crate::raft::{partition_raft_config, PartitionRaft};
 use crate::sequencer::SequencerClient;
-use crate::storage::batch;
+use crate::storage::health::{HealthMetrics, ReplicaHealth, StorageFailure};
 use crate::storage::log::{ReadResult, RetentionPolicy};
 use crate::storage::meta::MetaStore;
 use crate::topic_config::TopicSettings;
 
 /// Produce requests queued per partition before producers are pushed back.
 const APPEND_QUEUE: usize = 1024;
-/// Most batches given numbers with one sequencer ticket.
-const MAX_GROUP: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
@@ -66,13 +63,8 @@ pub enum PartitionError {
     Raft(String),
     #[error("storage: {0}")]
     Storage(String),
-}
-
-struct AppendRequest {
-    batch: BytesMut,
-    record_count: u64,
-    acks: Acks,
-    reply: oneshot::Sender<Result<i64, AppendError>>,
+    #[error("the replica's directory {0} is missing but its Raft state exists: its log was lost")]
+    LostLog(String),
 }
 
 pub struct Partition {
@@ -98,6 +90,9 @@ pub struct Partition {
     meta: Arc<MetaStore>,
     /// Raft storage group name (RocksDB key prefix).
     group: String,
+    frontier: Arc<Frontier>,
+    /// Healthy until the first storage error, then offline (see `storage::health`).
+    health: Arc<ReplicaHealth>,
 }
 
 /// What one retention pass on a partition asked for.
@@ -128,6 +123,9 @@ pub struct PartitionEnv<'a> {
     pub timing: RaftTiming,
     /// Counts produce batches recognised as retries of stored ones.
     pub duplicates: IntCounter,
+    pub frontier: Arc<Frontier>,
+    /// Storage errors and offline replicas.
+    pub storage: HealthMetrics,
 }
 
 /// Which partition to open and who replicates it.
@@ -154,6 +152,7 @@ impl Partition {
         let dir = env.data_dir.join(spec.group);
         let storage = |e: openraft::StorageError<u64>| PartitionError::Storage(e.to_string());
         let raft_err = |e: &dyn std::fmt::Display| PartitionError::Raft(e.to_string());
+        refuse_lost_log(&env.meta, spec.group, &dir)?;
         let log_store = LogStore::open(
             spec.group,
             env.node_id,
@@ -161,7 +160,11 @@ impl Partition {
             env.settings.log,
             Arc::clone(&env.meta),
         )
-        .map_err(storage)?;
+        .map_err(storage)?
+        .with_vote_hook(env.frontier.vote_hook(spec.key));
+        // The frontier must know this replica's vote before its Raft node can act on it.
+        env.frontier
+            .open_replica(spec.key, log_store.persisted_vote_term().map_err(storage)?);
         let shared = log_store.shared();
         let (sm, high_watermark) = StateMachineStore::open(
             spec.group,
@@ -173,10 +176,12 @@ impl Partition {
         let snapshot_target = sm.target_slot();
         let config = partition_raft_config(env.timing).map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&env.cluster.transport), PartitionRoute(spec.key));
-        let raft = PartitionRaft::new(env.node_id, config, network, log_store, sm)
+        let raft = PartitionRaft::new(env.node_id, config, network.clone(), log_store, sm)
             .await
             .map_err(|e| raft_err(&e))?;
-        raft_support::spawn_split_vote_breaker(raft.clone());
+        crate::cluster::spawn_elections(raft.clone(), network);
+        env.frontier
+            .watch_replica(spec.key, raft.clone(), high_watermark.clone());
         env.cluster.register_group(spec.key, raft.clone());
         let node_id = i32::try_from(env.node_id).unwrap_or(i32::MAX);
         if !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
@@ -192,6 +197,8 @@ impl Partition {
         tokio::spawn(run_appender(
             rx,
             Appender {
+                key: spec.key,
+                frontier: Arc::clone(&env.frontier),
                 raft: raft.clone(),
                 sequencer: env.sequencer.clone(),
                 log: Arc::clone(&shared),
@@ -202,7 +209,7 @@ impl Partition {
             },
         ));
         let replicas = spec.replicas.clone();
-        Ok(Arc::new(Self {
+        let partition = Arc::new(Self {
             topic: spec.topic.to_string(),
             index: spec.index,
             key: spec.key,
@@ -219,7 +226,11 @@ impl Partition {
             snapshot_target,
             meta: Arc::clone(&env.meta),
             group: spec.group.to_string(),
-        }))
+            frontier: Arc::clone(&env.frontier),
+            health: Arc::new(ReplicaHealth::new(env.storage.clone())),
+        });
+        tokio::spawn(crate::offline::supervise(Arc::downgrade(&partition)));
+        Ok(partition)
     }
 
     /// The topic's current settings (configs with broker defaults).
@@ -251,11 +262,15 @@ impl Partition {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        !self.is_offline() && self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// The leader this replica knows of and its term (Kafka's leader epoch).
+    /// The leader this replica knows of and its term (Kafka's leader epoch). An offline
+    /// replica knows none: its Raft node has stopped.
     pub fn known_leader(&self) -> Option<(i32, i32)> {
+        if self.is_offline() {
+            return None;
+        }
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = i32::try_from(m.current_leader?).ok()?;
@@ -271,11 +286,20 @@ impl Partition {
     /// `lag_max` and whose replicated log reached the leader's applied index within
     /// `lag_max`, Kafka's replica.lag.time.max.ms) and returns (epoch, ISR).
     pub fn refresh_isr(&self, lag_max: Duration) -> Option<(i32, Vec<i32>)> {
+        if self.is_offline() {
+            return None;
+        }
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         if m.state != ServerState::Leader {
             return None;
         }
+        // Replicas the metadata lists offline are out at once (their Raft node has stopped;
+        // waiting for `lag_max` would keep them in for nothing).
+        let offline = self
+            .cluster
+            .state()
+            .offline_replicas(&self.key.topic_id, self.index);
         let now = Instant::now();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut tracker = self.isr.lock().ok()?;
@@ -294,7 +318,8 @@ impl Partition {
             if matched.is_some_and(|l| l.index >= applied) {
                 *seen = now;
             }
-            let alive = self.cluster.transport.answered_within(*follower, lag_max);
+            let alive = self.cluster.transport.answered_within(*follower, lag_max)
+                && i32::try_from(*follower).is_ok_and(|f| !offline.contains(&f));
             if alive && now.duration_since(*seen) <= lag_max {
                 isr.push(i32::try_from(*follower).unwrap_or(i32::MAX));
             }
@@ -307,7 +332,7 @@ impl Partition {
     /// Preferred leader election: the first replica, when it follows a known leader and
     /// has applied everything it holds, asks for the leadership back.
     pub async fn reclaim_preferred_leadership(&self) {
-        if self.replicas.first() != Some(&self.node_id) {
+        if self.replicas.first() != Some(&self.node_id) || self.is_offline() {
             return;
         }
         let caught_up = {
@@ -343,6 +368,9 @@ impl Partition {
     /// DeleteRecords: raises the log start offset to `low_watermark` (persisted); the
     /// segments entirely below it go at the next retention pass.
     pub fn apply_low_watermark(&self, low_watermark: i64) {
+        if self.is_offline() {
+            return;
+        }
         let Ok(mut shared) = self.log.write() else {
             return;
         };
@@ -350,7 +378,7 @@ impl Partition {
             return;
         }
         if let Err(e) = raise_log_start(&self.meta, &self.group, &mut shared, low_watermark) {
-            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot store the log start offset");
+            self.note_storage_error("write log start", &e);
         }
     }
 
@@ -369,6 +397,9 @@ impl Partition {
     /// snapshot ending at their last entry; openraft then purges the log up to it, which
     /// deletes the segments (`LogStore::purge`). Returns what was asked for.
     pub async fn enforce_retention(&self, now_ms: i64) -> Option<RetentionRequest> {
+        if self.is_offline() {
+            return None;
+        }
         let settings = self.settings();
         let log_start = self.log_start_offset();
         // cleanup.policy without `delete`: only what DeleteRecords put below the log start.
@@ -393,7 +424,7 @@ impl Partition {
             ) {
                 Ok(id) => id?,
                 Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "retention: reading the log failed");
+                    self.note_storage_error("read log", &e);
                     return None;
                 }
             };
@@ -435,11 +466,16 @@ impl Partition {
         acks: Acks,
     ) -> Result<oneshot::Receiver<Result<i64, AppendError>>, AppendError> {
         let (reply, rx) = oneshot::channel();
+        let copies = match acks {
+            Acks::All => self.settings().min_insync_replicas,
+            Acks::Leader | Acks::None => 1,
+        };
         self.appender
             .send(AppendRequest {
                 batch,
                 record_count,
                 acks,
+                copies,
                 reply,
             })
             .await
@@ -447,14 +483,71 @@ impl Partition {
         Ok(rx)
     }
 
-    /// Whole committed batches from `offset` (see `PartitionLog::read`).
+    /// Whole committed batches from `offset` (see `PartitionLog::read`). A read error takes
+    /// the replica offline.
     pub fn read(&self, offset: i64, max_bytes: u64) -> std::io::Result<Option<ReadResult>> {
+        self.read_below(offset, max_bytes, i64::MAX)
+    }
+
+    /// Like `read`, but only batches that start below `limit` (read_committed: the stable
+    /// offset, which never falls inside a batch).
+    pub fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: u64,
+        limit: i64,
+    ) -> std::io::Result<Option<ReadResult>> {
+        if let Some(f) = self.storage_failure() {
+            return Err(std::io::Error::other(format!("replica offline: {f}")));
+        }
         let hw = self.high_watermark();
         let shared = self
             .log
             .read()
             .map_err(|_| std::io::Error::other("partition log lock poisoned"))?;
-        shared.log.read(offset, max_bytes, hw)
+        shared
+            .log
+            .read(offset, max_bytes, hw.min(limit))
+            .inspect_err(|e| {
+                self.note_storage_error("read log", e);
+            })
+    }
+
+    /// Why this replica is offline, if it is (see `storage::health`).
+    pub fn storage_failure(&self) -> Option<&StorageFailure> {
+        self.health.failure()
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.health.is_offline()
+    }
+
+    /// An I/O error on one of this replica's paths outside Raft (reads for clients, the
+    /// cleaner, the log start): counted, and the replica goes offline.
+    pub fn note_storage_error(&self, op: &'static str, error: &dyn std::fmt::Display) {
+        self.health.fail(op, error);
+    }
+
+    pub(crate) fn health(&self) -> Arc<ReplicaHealth> {
+        Arc::clone(&self.health)
+    }
+
+    pub(crate) fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<u64, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Stops serving after a storage error: peers find the group gone (unreachable to their
+    /// Raft), and the Raft node stops if the error did not already stop it, so the other
+    /// replicas elect a leader among themselves.
+    pub(crate) async fn stop_serving(&self) {
+        self.cluster.unregister_group(&self.key);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "raft shutdown");
+        }
     }
 
     /// The log shared with Raft and fetch; the cleaner reads it and swaps cleaned segments in.
@@ -474,10 +567,28 @@ impl Partition {
     }
 
     pub async fn shutdown(&self) {
+        self.health.forget();
         self.cluster.unregister_group(&self.key);
+        self.frontier.close_replica(self.key);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "raft shutdown");
         }
+    }
+}
+
+/// A replica whose directory is gone although its Raft state (a vote) is stored lost its log:
+/// it must not rejoin its group with an empty log, where its vote could elect a replica that
+/// misses committed entries. It stays offline (the partition runs on its other replicas).
+fn refuse_lost_log(meta: &MetaStore, group: &str, dir: &Path) -> Result<(), PartitionError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let vote: Option<openraft::Vote<u64>> = meta
+        .get_raft(group, "vote")
+        .map_err(|e| PartitionError::Storage(e.to_string()))?;
+    match vote {
+        None => Ok(()),
+        Some(_) => Err(PartitionError::LostLog(dir.display().to_string())),
     }
 }
 
@@ -488,326 +599,4 @@ async fn initialize_later(raft: PartitionRaft, voters: BTreeMap<u64, BasicNode>,
             tracing::debug!(error = %e, "partition group already initialized");
         }
     }
-}
-
-/// The partition's single writer on the leader: checks idempotent producers' batches,
-/// takes sequencer numbers for the rest and hands them to Raft in order.
-struct Appender {
-    raft: PartitionRaft,
-    sequencer: SequencerClient,
-    log: SharedLog,
-    high_watermark: watch::Receiver<i64>,
-    duplicates: IntCounter,
-    /// Batches stamped in `view_term` that may not be in the log yet.
-    view: PendingView,
-    view_term: Option<u64>,
-}
-
-/// A batch that passed the producer checks, with its producer fields (None: no producer id).
-type Accepted = (AppendRequest, Option<ProducerBatch>);
-
-#[derive(Clone, Copy)]
-struct ProducerBatch {
-    incoming: Incoming,
-    max_timestamp: i64,
-}
-
-impl ProducerBatch {
-    fn of(batch: &[u8]) -> Option<Self> {
-        let f = batch::producer_fields(batch)?;
-        (f.producer_id >= 0).then(|| Self {
-            incoming: Incoming::new(
-                f.producer_id,
-                f.producer_epoch,
-                f.base_sequence,
-                f.last_offset_delta,
-            ),
-            max_timestamp: f.max_timestamp,
-        })
-    }
-}
-
-async fn run_appender(mut rx: mpsc::Receiver<AppendRequest>, mut appender: Appender) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        appender.append_group(group).await;
-    }
-}
-
-fn fail_all(group: impl IntoIterator<Item = AppendRequest>, e: &AppendError) {
-    for r in group {
-        let _ = r.reply.send(Err(e.clone()));
-    }
-}
-
-impl Appender {
-    /// The current term while this replica leads.
-    fn leader_term(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        (m.state == ServerState::Leader).then_some(m.current_term)
-    }
-
-    async fn append_group(&mut self, group: Vec<AppendRequest>) {
-        // Only the leader may take numbers: a follower would waste them.
-        let Some(term) = self.leader_term() else {
-            fail_all(group, &AppendError::NotLeader);
-            return;
-        };
-        if self.view_term != Some(term) {
-            // A new term: the log (which holds everything Raft may still commit) is the
-            // starting point; batches pending in an older term either reached it or never will.
-            self.view.clear();
-            self.view_term = Some(term);
-        }
-        let group = match self.screen(group, term) {
-            Ok(g) => g,
-            Err(group) => {
-                fail_all(
-                    group,
-                    &AppendError::Storage("partition log lock poisoned".into()),
-                );
-                return;
-            }
-        };
-        if group.is_empty() {
-            return;
-        }
-        let total: u64 = group.iter().map(|(r, _)| r.record_count).sum();
-        let mut base = match self.sequencer.reserve(total).await {
-            Ok(b) => b,
-            Err(e) => {
-                fail_all(
-                    group.into_iter().map(|(r, _)| r),
-                    &AppendError::Sequencer(e.to_string()),
-                );
-                return;
-            }
-        };
-        // Offsets must grow within a partition, also across leader changes. The ring hands
-        // out numbers in real-time order, so a new leader's numbers lie above everything the
-        // old one appended; this check turns a violation into an error instead of a log
-        // that goes backwards.
-        let end = self.log.read().ok().and_then(|l| l.log.end_offset());
-        if end.is_some_and(|end| (base as i64) < end) {
-            tracing::error!(base, end = ?end, "sequencer returned numbers below the partition's end");
-            fail_all(
-                group.into_iter().map(|(r, _)| r),
-                &AppendError::Sequencer("sequence numbers below the partition end".into()),
-            );
-            return;
-        }
-        // The numbers were taken while awaiting the sequencer: appends must still belong to
-        // the term the producer checks were made in.
-        if self.leader_term() != Some(term) {
-            fail_all(group.into_iter().map(|(r, _)| r), &AppendError::NotLeader);
-            return;
-        }
-        let mut stamped = Vec::with_capacity(group.len());
-        for (r, producer) in group {
-            let offset = base as i64;
-            base += r.record_count;
-            stamped.push((r, producer, offset));
-        }
-        self.note_pending(&stamped);
-        for (r, _, offset) in stamped {
-            submit(&self.raft, r, offset).await;
-        }
-    }
-
-    /// Applies the idempotent-producer rules in arrival order: duplicates are answered from
-    /// the log (without numbers), violations get their error, the rest is returned. Err
-    /// gives the group back when the log cannot be read.
-    fn screen(
-        &mut self,
-        group: Vec<AppendRequest>,
-        term: u64,
-    ) -> Result<Vec<Accepted>, Vec<AppendRequest>> {
-        if group.iter().all(|r| ProducerBatch::of(&r.batch).is_none()) {
-            return Ok(group.into_iter().map(|r| (r, None)).collect());
-        }
-        let Ok(shared) = self.log.read() else {
-            return Err(group);
-        };
-        self.view.prune(shared.log.end_offset().unwrap_or(i64::MIN));
-        // Batches accepted earlier in this group, not stamped yet (offsets unknown: -1).
-        let mut in_group: HashMap<i64, ProducerEntry> = HashMap::new();
-        let mut accepted = Vec::with_capacity(group.len());
-        for r in group {
-            let Some(p) = ProducerBatch::of(&r.batch) else {
-                accepted.push((r, None));
-                continue;
-            };
-            let pid = p.incoming.producer_id;
-            let entry = in_group
-                .get(&pid)
-                .or_else(|| self.view.entry(pid, shared.producers.get(pid)));
-            match producer_state::check(entry, &p.incoming) {
-                Ok(Verdict::Append) => {
-                    let mut e = entry
-                        .cloned()
-                        .unwrap_or_else(|| ProducerEntry::empty(p.incoming.epoch));
-                    e.add(p.incoming.epoch, unstamped(&p.incoming), p.max_timestamp);
-                    in_group.insert(pid, e);
-                    accepted.push((r, Some(p)));
-                }
-                Ok(Verdict::Duplicate(meta)) if meta.base_offset < 0 => {
-                    // A retry queued behind its original in this very group: the original's
-                    // offset is not known yet, so the retry is asked to come again.
-                    let _ = r.reply.send(Err(AppendError::NotLeader));
-                }
-                Ok(Verdict::Duplicate(meta)) => self.answer_duplicate(r, meta, term),
-                Err(e) => {
-                    tracing::debug!(error = %e, "idempotent batch refused");
-                    let _ = r.reply.send(Err(AppendError::Sequence(e)));
-                }
-            }
-        }
-        Ok(accepted)
-    }
-
-    /// Records stamped producer batches in the view, so the next ones (up to 5 in flight per
-    /// producer) are checked against them before they reach the log.
-    fn note_pending(&mut self, stamped: &[(AppendRequest, Option<ProducerBatch>, i64)]) {
-        if stamped.iter().all(|(_, p, _)| p.is_none()) {
-            return;
-        }
-        let Ok(shared) = self.log.read() else {
-            return;
-        };
-        for (r, p, offset) in stamped {
-            if let Some(p) = p {
-                let last = offset + r.record_count as i64 - 1;
-                let logged = shared.producers.get(p.incoming.producer_id);
-                self.view
-                    .stamped(&p.incoming, logged, *offset, last, p.max_timestamp);
-            }
-        }
-    }
-
-    /// Answers a retried batch with its original offset once that batch is as durable as
-    /// `acks` asks (acks=all: committed), or NOT_LEADER if this replica stops leading first.
-    fn answer_duplicate(&self, req: AppendRequest, meta: BatchMeta, term: u64) {
-        self.duplicates.inc();
-        tracing::debug!(base_offset = meta.base_offset, "duplicate idempotent batch");
-        if req.acks == Acks::None {
-            return;
-        }
-        let mut metrics = self.raft.metrics();
-        let mut hw = self.high_watermark.clone();
-        let log = Arc::clone(&self.log);
-        tokio::spawn(async move {
-            let AppendRequest {
-                acks, mut reply, ..
-            } = req;
-            let stored = wait_stored(
-                acks,
-                meta.last_offset,
-                term,
-                &mut metrics,
-                &mut hw,
-                &log,
-                &mut reply,
-            )
-            .await;
-            let _ = reply.send(stored.map(|()| meta.base_offset));
-        });
-    }
-}
-
-fn unstamped(b: &Incoming) -> BatchMeta {
-    BatchMeta {
-        first_seq: b.first_seq,
-        last_seq: b.last_seq,
-        base_offset: -1,
-        last_offset: -1,
-    }
-}
-
-/// Waits until offset `last` is committed (acks=all) or in the leader's log (acks=1) while
-/// this replica leads in `term`. Every wake-up is a change of the Raft metrics or the high
-/// watermark; the produce request's own timeout bounds the wait (the waiter stops when the
-/// request stops listening).
-async fn wait_stored(
-    acks: Acks,
-    last: i64,
-    term: u64,
-    metrics: &mut watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
-    hw: &mut watch::Receiver<i64>,
-    log: &SharedLog,
-    reply: &mut oneshot::Sender<Result<i64, AppendError>>,
-) -> Result<(), AppendError> {
-    loop {
-        {
-            let m = metrics.borrow_and_update();
-            if m.state != ServerState::Leader || m.current_term != term {
-                return Err(AppendError::NotLeader);
-            }
-        }
-        let done = match acks {
-            Acks::All => *hw.borrow_and_update() > last,
-            Acks::Leader | Acks::None => log
-                .read()
-                .map(|l| l.log.end_offset().is_some_and(|end| end > last))
-                .unwrap_or(false),
-        };
-        if done {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = reply.closed() => return Err(AppendError::ShuttingDown),
-            r = metrics.changed() => if r.is_err() { return Err(AppendError::ShuttingDown) },
-            r = hw.changed() => if r.is_err() { return Err(AppendError::ShuttingDown) },
-        }
-    }
-}
-
-/// Stamps the batch and hands it to Raft in order; waits for the ack on a separate task.
-async fn submit(raft: &PartitionRaft, mut req: AppendRequest, base_offset: i64) {
-    batch::stamp(&mut req.batch, base_offset, 0);
-    let (signal, appended) = match req.acks {
-        Acks::Leader => {
-            let (s, rx) = AppendedSignal::new();
-            (Some(s), Some(rx))
-        }
-        Acks::None | Acks::All => (None, None),
-    };
-    let entry = BatchEntry {
-        batch: Bytes::from(req.batch),
-        appended: signal,
-        verified: true,
-    };
-    let committed = match raft.client_write_ff(entry).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            let _ = req.reply.send(Err(AppendError::Storage(e.to_string())));
-            return;
-        }
-    };
-    let reply = req.reply;
-    tokio::spawn(async move {
-        let result = match appended {
-            Some(appended) => {
-                let r = appended.await.map_err(|_| AppendError::NotLeader);
-                let _ = reply.send(r.map(|()| base_offset));
-                // Keep the commit receiver alive until Raft answers: openraft logs a warning
-                // for every response nobody waits for.
-                let _ = committed.await;
-                return;
-            }
-            None => match committed.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Err(AppendError::NotLeader),
-                Ok(Err(e)) => Err(AppendError::Storage(e.to_string())),
-                Err(_) => Err(AppendError::ShuttingDown),
-            },
-        };
-        let _ = reply.send(result.map(|()| base_offset));
-    });
 }

@@ -246,3 +246,173 @@ def format_table(rows: Sequence[tuple], header: Sequence[str] = HEADER) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+# ---- the global (total) order, as an ordered reader printed it --------------------------
+@dataclass(frozen=True)
+class Emitted:
+    """A record the ordered reader printed, in the order it printed them."""
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    at: float = 0.0   # monotonic time the line reached the test
+
+
+@dataclass
+class OrderReport:
+    """The verdict on an ordered reader's output (ordered-reader --check) against what the
+    producers were told. Every list holds examples of one violation; `ok` needs all empty."""
+    acked: int = 0
+    emitted: int = 0
+    not_increasing: list = field(default_factory=list)   # (previous offset, offset)
+    missing: list = field(default_factory=list)          # Ack never printed at its offset
+    twice: list = field(default_factory=list)            # (value, [offsets]) printed twice
+    realtime: list = field(default_factory=list)         # (earlier Ack, later Ack) printed reversed
+    late: list = field(default_factory=list)             # the reader's LATE/DUP/RESET lines
+    holes: int = 0           # GSNs in [first, last printed] that no printed record holds
+    hole_runs: int = 0       # maximal runs of consecutive such GSNs
+
+    @property
+    def ok(self) -> bool:
+        return not (self.not_increasing or self.missing or self.twice or self.realtime
+                    or self.late)
+
+    def problems(self, limit: int = 5) -> str:
+        out = []
+        for name, items in (("printed offsets not strictly increasing", self.not_increasing),
+                            ("acknowledged records never printed", self.missing),
+                            ("records printed twice", self.twice),
+                            ("records printed before one acknowledged before they were sent",
+                             self.realtime),
+                            ("records the reader received below what it had printed "
+                             "(LATE/DUP/RESET)", self.late)):
+            if items:
+                out.append(f"{len(items)} {name}, e.g. {items[:limit]}")
+        return "; ".join(out) or "none"
+
+
+def check_total_order(acks: Iterable[Ack], emitted: Sequence[Emitted],
+                      reader_reports: Iterable[str] = (),
+                      exempt: Iterable[bytes] = ()) -> OrderReport:
+    """The rules of the total-order fault test:
+
+    * the printed offsets strictly increase;
+    * every acknowledged record is printed, at the (topic, partition, offset) it was
+      acknowledged with — except values in `exempt` (records the reader is not expected to
+      reach, e.g. the last fence records under read_uncommitted);
+    * no record (value) is printed twice;
+    * a record acknowledged before another was sent is printed before it;
+    * the reader never received a record below what it had printed (its LATE, DUP and RESET
+      reports; any of them fails).
+
+    Holes (numbers in the printed range that no printed record holds: GSNs that went to
+    batches that never committed, or to other topics) are counted, not judged."""
+    acks = list(acks)
+    exempt = set(exempt)
+    rep = OrderReport(acked=len(acks), emitted=len(emitted))
+    rep.late = [line for line in reader_reports
+                if line.startswith(("LATE", "DUP", "RESET"))]
+    for prev, cur in zip(emitted, emitted[1:]):
+        if cur.offset <= prev.offset:
+            rep.not_increasing.append((prev.offset, cur.offset))
+
+    index: dict[bytes, list[int]] = defaultdict(list)   # value -> positions in the output
+    for i, e in enumerate(emitted):
+        index[e.value].append(i)
+    for value, where in index.items():
+        if len(where) > 1:
+            rep.twice.append((value, [emitted[i].offset for i in where]))
+
+    for a in acks:
+        if a.value in exempt:
+            continue
+        where = index.get(a.value, ())
+        if not any((emitted[i].topic, emitted[i].partition, emitted[i].offset)
+                   == (a.topic, a.partition, a.offset) for i in where):
+            rep.missing.append(a)
+
+    # A acknowledged before B was sent => A printed before B. Sweep B in send order,
+    # keeping the printed position of the latest-printed record acknowledged before it.
+    printed = {v: where[0] for v, where in index.items()}
+    by_ack = sorted((a for a in acks if a.value in printed), key=lambda a: a.at)
+    i, best = 0, None
+    for b in sorted((a for a in acks if a.value in printed), key=lambda a: a.sent):
+        while i < len(by_ack) and by_ack[i].at < b.sent:
+            if best is None or printed[by_ack[i].value] > printed[best.value]:
+                best = by_ack[i]
+            i += 1
+        if best is not None and best.value != b.value and printed[best.value] > printed[b.value]:
+            rep.realtime.append((best, b))
+
+    offsets = sorted({e.offset for e in emitted})
+    for x, y in zip(offsets, offsets[1:]):
+        if y - x > 1:
+            rep.holes += y - x - 1
+            rep.hole_runs += 1
+    return rep
+
+
+def emission_stall(acks: Iterable[Ack], emit_times: Sequence[float], since: float,
+                   until: float) -> float:
+    """Longest time the ordered reader's output did not move while producers were being
+    acknowledged, within [since, until]: for each gap between consecutive printed lines
+    (the window's ends count as points) that holds an acknowledgement, the time from the
+    first such acknowledgement to the end of the gap. Idle periods without acknowledgements
+    are not stalls."""
+    if until <= since:
+        return 0.0
+    ack_times = sorted(a.at for a in acks if since < a.at <= until)
+    return _stall(ack_times, [since, *sorted(t for t in emit_times if since < t <= until),
+                              until])
+
+
+def frontier_stall(acks: Iterable[Ack], samples: Sequence[tuple[float, float]], since: float,
+                   until: float) -> float | None:
+    """The same measure for F itself, from (time, gsn_frontier) samples scraped from the
+    brokers: the longest time F did not grow while producers were acknowledged. None
+    without samples (a broker without the metric)."""
+    pts = sorted((t, f) for t, f in samples if since <= t <= until)
+    if not pts:
+        return None
+    moves, last = [since], None
+    for t, f in pts:
+        if last is not None and f > last:
+            moves.append(t)
+        last = f if last is None else max(last, f)
+    moves.append(until)
+    ack_times = sorted(a.at for a in acks if since < a.at <= until)
+    return _stall(ack_times, moves)
+
+
+def _stall(ack_times: list[float], points: list[float]) -> float:
+    """Max over consecutive points (a, b) holding an ack time t in (a, b] of b - first t."""
+    import bisect
+    worst = 0.0
+    for a, b in zip(points, points[1:]):
+        k = bisect.bisect_right(ack_times, a)
+        if k < len(ack_times) and ack_times[k] <= b:
+            worst = max(worst, b - ack_times[k])
+    return worst
+
+
+def visibility(acks: Iterable[Ack], emitted: Sequence[Emitted]) -> dict[str, float]:
+    """Acknowledgement -> printed by the ordered reader, in ms: p50, p99, max."""
+    printed = {e.value: e.at for e in emitted}
+    lat = sorted((printed[a.value] - a.at) * 1000 for a in acks if a.value in printed)
+    if not lat:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1]}
+
+
+ORDER_HEADER = ("fault", "acked", "printed", "holes", "hole runs", "F stall s (reader)",
+                "F stall s (metric)", "ack->print p50/p99/max ms", "late", "ok")
+
+
+def order_row(fault: str, rep: OrderReport, reader_stall: float, metric_stall: float | None,
+              vis: dict[str, float]) -> tuple:
+    return (fault, rep.acked, rep.emitted, rep.holes, rep.hole_runs, f"{reader_stall:.2f}",
+            "-" if metric_stall is None else f"{metric_stall:.2f}",
+            f"{vis['p50']:.0f}/{vis['p99']:.0f}/{vis['max']:.0f}", len(rep.late),
+            "yes" if rep.ok else "NO")

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from checker import HEADER, format_table
+from checker import HEADER, ORDER_HEADER, format_table
 from cluster import KAFKA_PORTS, Cluster, docker_reachable, run, wait_for
 
 OUT = Path(os.environ.get("GSN_FAULTS_OUT", "/tmp/gsn-faults"))
 ROWS: list[tuple] = []
+ORDER_ROWS: list[tuple] = []
+# The per-partition table plus the consumer's offset resets and errors (both must be 0).
+SUMMARY_HEADER = HEADER + ("resets", "cons errs")
 NOTES: list[str] = []
 
 
@@ -36,8 +39,11 @@ def _port_in_use(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def cluster():
+    # Never skipped: these are the only end-to-end check of order across brokers, so
+    # running them where docker does not answer is a failure that says so.
     if not docker_reachable():
-        pytest.skip("docker engine not reachable")
+        pytest.fail("`docker info` does not answer: the container fault tests need a running "
+                    "docker engine (they are never skipped)", pytrace=False)
     image = os.environ.get("GSN_IMAGE", "gsn-broker:latest")
     if run(["docker", "image", "inspect", image], timeout=60, check=False).returncode != 0:
         pytest.fail(f"image {image} does not exist: build it with deploy/build-image.sh "
@@ -72,6 +78,11 @@ def summary_rows():
     return ROWS
 
 
+@pytest.fixture(scope="session")
+def order_rows():
+    return ORDER_ROWS
+
+
 def pytest_terminal_summary(terminalreporter):
     if not ROWS and not NOTES:
         return
@@ -80,12 +91,22 @@ def pytest_terminal_summary(terminalreporter):
     for n in NOTES:
         tr.write_line(n)
     if ROWS:
-        table = format_table(ROWS, HEADER)
+        table = format_table(ROWS, SUMMARY_HEADER)
         tr.write_line(table)
         tr.write_line("stall s: longest time any partition went without an acknowledgement, "
                       "from the fault until the end of the healed phase; read stall s: the "
                       "same for the consumer's stream. dup recs: records stored twice by "
                       "producer retries (allowed with idempotence off).")
+        order = format_table(ORDER_ROWS, ORDER_HEADER) if ORDER_ROWS else ""
+        if order:
+            tr.write_line("")
+            tr.write_line("total order (ordered-reader over both topics):")
+            tr.write_line(order)
+            tr.write_line("holes: GSNs between the first and last record printed that no "
+                          "printed record holds (numbers of batches that never committed); "
+                          "F stall: longest time the reader's output (resp. the brokers' "
+                          "gsn_frontier) did not move while producers were acknowledged.")
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "summary.txt").write_text("\n".join(NOTES) + "\n" + table + "\n")
+        (OUT / "summary.txt").write_text("\n".join(NOTES) + "\n" + table + "\n\n" + order
+                                         + "\n")
         tr.write_line(f"(also in {OUT / 'summary.txt'}; container logs in {OUT / 'logs'})")

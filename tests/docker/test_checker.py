@@ -224,3 +224,113 @@ def test_table():
     assert lines[3].rstrip().endswith("NO")
     # Every line is as wide as the header (columns aligned).
     assert len({len(line) for line in lines}) == 1
+
+
+# ---- the total-order checker --------------------------------------------------------------
+from checker import (Emitted, check_total_order, emission_stall, frontier_stall,  # noqa: E402
+                     order_row, visibility)
+
+
+def printed(acks, delay=0.25):
+    """A correct ordered reader's output: every acknowledged record once, in offset order."""
+    return [Emitted(a.topic, a.partition, a.offset, a.value, at=a.at + delay)
+            for a in sorted(acks, key=lambda a: a.offset)]
+
+
+def two_producers():
+    """Two producers on two topics, interleaved: acks at i + 0.5, offsets 10 + 2i."""
+    a, _ = history(n=8, partitions=2, topic="x", producer="p0")
+    b = [Ack("p1", x.seq, "y", x.partition, x.offset + 1, f"p1:{x.seq}".encode(),
+             at=x.at + 0.1, sent=x.sent + 0.1) for x in a]
+    return a + b
+
+
+def test_total_order_clean_run_passes_and_counts_holes():
+    acks = two_producers()
+    out = printed(acks)
+    rep = check_total_order(acks, out)
+    assert rep.ok, rep.problems()
+    assert (rep.acked, rep.emitted) == (16, 16)
+    # Offsets 10..25 all used: no hole.
+    assert (rep.holes, rep.hole_runs) == (0, 0)
+    gappy = [e for e in out if e.offset not in (13, 14, 20)]
+    rep = check_total_order([a for a in acks if a.offset not in (13, 14, 20)], gappy)
+    assert rep.ok and (rep.holes, rep.hole_runs) == (3, 2)
+
+
+def test_total_order_output_not_increasing_fails():
+    acks = two_producers()
+    out = printed(acks)
+    out[3], out[4] = out[4], out[3]
+    rep = check_total_order(acks, out)
+    assert not rep.ok
+    assert rep.not_increasing == [(out[3].offset, out[4].offset)]
+
+
+def test_total_order_missing_record_fails():
+    acks = two_producers()
+    out = [e for e in printed(acks) if e.offset != 14]
+    rep = check_total_order(acks, out)
+    assert not rep.ok and [a.offset for a in rep.missing] == [14]
+    # Printed at another offset than acknowledged: missing too.
+    moved = [e if e.offset != 14 else Emitted(e.topic, e.partition, 99, e.value)
+             for e in printed(acks)]
+    assert [a.offset for a in check_total_order(acks, moved).missing] == [14]
+    # Exempt values (the last fences under read_uncommitted) may be missing.
+    exempt = {a.value for a in acks if a.offset == 14}
+    assert check_total_order(acks, out, exempt=exempt).ok
+
+
+def test_total_order_record_printed_twice_fails():
+    acks = two_producers()
+    out = printed(acks)
+    dup = out[5]
+    out.append(Emitted(dup.topic, dup.partition, 100, dup.value))
+    rep = check_total_order(acks, out)
+    assert not rep.ok and rep.twice == [(dup.value, [dup.offset, 100])]
+
+
+def test_total_order_realtime_violation_fails():
+    # A is acknowledged before B is sent, yet B holds the smaller offset and is printed first.
+    a = Ack("p0", 0, "x", 0, 50, b"A", at=1.0, sent=0.0)
+    b = Ack("p1", 0, "y", 0, 40, b"B", at=3.0, sent=2.0)
+    rep = check_total_order([a, b], printed([a, b]))
+    assert not rep.ok and rep.realtime == [(a, b)]
+    # Concurrent (B sent before A was acknowledged): either order is fine.
+    b2 = Ack("p1", 0, "y", 0, 40, b"B", at=3.0, sent=0.5)
+    assert check_total_order([a, b2], printed([a, b2])).ok
+
+
+def test_total_order_reader_reports_fail():
+    acks = two_producers()
+    for line in ("LATE topic=x partition=0 offset=12 watermark=20 last_emitted=19",
+                 "DUP topic=y partition=1 offset=13 also_in=x/0",
+                 "RESET the client would have reset an offset: ..."):
+        rep = check_total_order(acks, printed(acks), [line, "librdkafka Warning: noise"])
+        assert not rep.ok and rep.late == [line], line
+    assert check_total_order(acks, printed(acks), ["ordered-reader: emitted 16"]).ok
+
+
+def test_emission_stall_counts_only_gaps_with_acknowledgements():
+    acks = [Ack("p", i, "t", 0, i, b"%d" % i, at=t) for i, t in enumerate([1.0, 1.1, 5.0])]
+    # Printed at 1.2 and 9.0: the ack at 5.0 waited 4 s; the idle 1.2..5.0 is no stall.
+    assert emission_stall(acks, [1.2, 9.0], 0.0, 10.0) == pytest.approx(4.0)
+    # Nothing printed after the last ack: it waits until the window ends.
+    assert emission_stall(acks, [1.2], 0.0, 10.0) == pytest.approx(5.0)
+    assert emission_stall([], [1.0], 0.0, 10.0) == 0.0
+
+
+def test_frontier_stall_from_metric_samples():
+    acks = [Ack("p", i, "t", 0, i, b"%d" % i, at=t) for i, t in enumerate([1.0, 2.0, 2.5])]
+    samples = [(0.5, 100), (1.5, 110), (1.6, 110), (3.9, 110), (4.0, 120)]
+    # F moved at 1.5 and 4.0; acks at 2.0 and 2.5 waited from 2.0 to 4.0.
+    assert frontier_stall(acks, samples, 0.0, 5.0) == pytest.approx(2.0)
+    assert frontier_stall(acks, [], 0.0, 5.0) is None
+
+
+def test_visibility_and_order_row():
+    acks = two_producers()
+    vis = visibility(acks, printed(acks, delay=0.25))
+    assert vis["p50"] == pytest.approx(250) and vis["max"] == pytest.approx(250)
+    row = order_row("kill", check_total_order(acks, printed(acks)), 1.5, None, vis)
+    assert row[0] == "kill" and row[-1] == "yes" and row[6] == "-"

@@ -31,6 +31,13 @@ def broker_bin() -> Path:
     return Path(target) / "release" / "broker"
 
 
+def ordered_reader_bin() -> Path:
+    """Path of the ordered-reader CLI: $ORDERED_READER_BIN, else next to the broker
+    binary (both come from `cargo build --release --workspace`)."""
+    explicit = os.environ.get("ORDERED_READER_BIN")
+    return Path(explicit) if explicit else broker_bin().parent / "ordered-reader"
+
+
 # Ports handed to child processes come from below the kernel's ephemeral range. A port
 # picked by binding to 0 and closing belongs to the ephemeral range, where any outgoing
 # connection (a client, another test's broker) may take it before the child binds it: that
@@ -127,7 +134,7 @@ class BrokerProcess:
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path,
                  port: int, metrics_port: int, extra_args: dict[str, object],
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, wrapper: list[str] | None = None):
         self.binary = Path(binary)
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
@@ -135,6 +142,9 @@ class BrokerProcess:
         self.metrics_port = metrics_port
         self.extra_args = dict(extra_args)
         self.env = dict(env or {})
+        # A command the broker's argv is appended to (e.g. `unshare` with a mount), kept
+        # across restarts.
+        self.wrapper = list(wrapper or [])
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         # True once the test itself stopped the broker (kill9/terminate), so a
@@ -145,17 +155,19 @@ class BrokerProcess:
     @classmethod
     def start(cls, binary: Path, data_dir: Path, log_path: Path | None = None,
               env: dict[str, str] | None = None, ports: tuple[int, int] | None = None,
-              **extra_args) -> "BrokerProcess":
+              wrapper: list[str] | None = None, **extra_args) -> "BrokerProcess":
         """extra_args become `--flag value` (underscores -> dashes, bools ->
         true/false); env is added to the broker's environment. `ports` (Kafka,
         metrics) lets a caller that allocates several brokers' ports at once
-        keep them distinct; by default two free ports are picked."""
+        keep them distinct; by default two free ports are picked. `wrapper` is a command
+        the broker's argv is appended to; the wrapper must exec the broker (same pid)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         if log_path is None:
             log_path = data_dir.parent / (data_dir.name + ".stderr.log")
         port, metrics_port = ports if ports is not None else free_ports(2)
-        b = cls(binary, data_dir, Path(log_path), port, metrics_port, extra_args, env)
+        b = cls(binary, data_dir, Path(log_path), port, metrics_port, extra_args, env,
+                wrapper)
         b._spawn()
         return b
 
@@ -164,7 +176,7 @@ class BrokerProcess:
         return f"127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [str(self.binary)]
+        args = self.wrapper + [str(self.binary)]
         if "node_id" not in self.extra_args:
             args += ["--node-id", "1"]
         args += [

@@ -8,6 +8,7 @@ Nothing here assumes contiguous offsets.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -37,6 +38,34 @@ class Out(NamedTuple):
     key: Optional[bytes]
     value: Optional[bytes]
     timestamp: Optional[int] = None
+
+
+class CheckedThread(threading.Thread):
+    """A test's background worker whose failure reaches the test: subclasses implement
+    `work()`; whatever it raises (an assertion on a flush, a client error) is kept and
+    re-raised by `join_checked()` in the test's thread. A plain Thread's exception only
+    prints a warning and the test passes."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(daemon=True, name=name)
+        self.exc: BaseException | None = None
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as e:  # noqa: BLE001 - re-raised by join_checked
+            self.exc = e
+
+    def join_checked(self, timeout: float) -> None:
+        """Joins; fails if the thread is still running or raised."""
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"{self.name} did not finish within {timeout}s")
+        if self.exc is not None:
+            raise AssertionError(f"{self.name} failed: {self.exc!r}") from self.exc
 
 
 def unique_name(prefix: str) -> str:

@@ -374,14 +374,61 @@ def metadata_v4(corr: int, topics: Optional[list[str]], auto_create: bool = Fals
     return frame(header_v1(API_METADATA, 4, corr) + t + i8(1 if auto_create else 0))
 
 
+def metadata_v7(corr: int, topics: Optional[list[str]], auto_create: bool = False) -> bytes:
+    t = i32(-1) if topics is None else array([string(x) for x in topics])
+    return frame(header_v1(API_METADATA, 7, corr) + t + i8(1 if auto_create else 0))
+
+
+class PartitionMeta(NamedTuple):
+    error: int
+    leader: int
+    epoch: int
+    replicas: list[int]
+    isr: list[int]
+    offline: list[int]
+
+
+def parse_metadata_v7(payload: bytes) -> tuple[int, dict[str, dict[int, PartitionMeta]]]:
+    """(controller_id, {topic: {partition: PartitionMeta}}) from a v7 response."""
+    r = Reader(payload)
+    r.i32()  # correlation id
+    r.i32()  # throttle_time_ms
+
+    def string() -> Optional[str]:
+        n = r.i16()
+        return None if n < 0 else r.take(n).decode()
+
+    def ints() -> list[int]:
+        return [r.i32() for _ in range(r.i32())]
+
+    for _ in range(r.i32()):  # brokers: node_id, host, port, rack
+        r.i32()
+        string()
+        r.i32()
+        string()
+    string()  # cluster_id
+    controller = r.i32()
+    topics = {}
+    for _ in range(r.i32()):
+        r.i16()  # error_code
+        name = string()
+        r.take(1)  # is_internal
+        parts = {}
+        for _ in range(r.i32()):
+            err, index, leader, epoch = r.i16(), r.i32(), r.i32(), r.i32()
+            parts[index] = PartitionMeta(err, leader, epoch, ints(), ints(), ints())
+        topics[name] = parts
+    return controller, topics
+
+
 def metadata_v9(corr: int, topics: Optional[list[str]], auto_create: bool = False) -> bytes:
     t = uvarint(0) if topics is None else compact_array([compact_string(x) + uvarint(0) for x in topics])
     return frame(header_v2(API_METADATA, 9, corr) + t + i8(1 if auto_create else 0)
                  + i8(0) + i8(0) + uvarint(0))
 
 
-def fetch_v4(corr: int, topic: str, partition: int, offset: int) -> bytes:
-    body = (i32(-1) + i32(100) + i32(1) + i32(1 << 20) + i8(0)
+def fetch_v4(corr: int, topic: str, partition: int, offset: int, isolation: int = 0) -> bytes:
+    body = (i32(-1) + i32(100) + i32(1) + i32(1 << 20) + i8(isolation)
             + array([string(topic) + array([i32(partition) + i64(offset) + i32(1 << 20)])]))
     return frame(header_v1(API_FETCH, 4, corr) + body)
 
@@ -389,6 +436,28 @@ def fetch_v4(corr: int, topic: str, partition: int, offset: int) -> bytes:
 def list_offsets_v1(corr: int, topic: str, partition: int, timestamp: int) -> bytes:
     body = i32(-1) + array([string(topic) + array([i32(partition) + i64(timestamp)])])
     return frame(header_v1(API_LIST_OFFSETS, 1, corr) + body)
+
+
+def list_offsets_v2(corr: int, topic: str, partition: int, timestamp: int,
+                    isolation: int = 0) -> bytes:
+    body = i32(-1) + i8(isolation) + array([string(topic) + array([i32(partition) + i64(timestamp)])])
+    return frame(header_v1(API_LIST_OFFSETS, 2, corr) + body)
+
+
+def parse_list_offsets_v2(payload: bytes) -> list[tuple[str, int, int, int]]:
+    """[(topic, partition, error_code, offset)]."""
+    r = Reader(payload)
+    r.i32()  # correlation id
+    r.i32()  # throttle_time_ms
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            part, err = r.i32(), r.i16()
+            r.take(8)  # timestamp
+            offset = struct.unpack(">q", r.take(8))[0]
+            out.append((name, part, err, offset))
+    return out
 
 
 def describe_configs_v1(corr: int, topic: str) -> bytes:
@@ -418,6 +487,13 @@ def parse_produce_v3(payload: bytes) -> tuple[int, list[tuple[str, int, int, int
 
 def parse_fetch_v4(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, bytes]]]:
     """(correlation_id, [(topic, partition, error_code, high_watermark, records)])."""
+    corr, parts = parse_fetch_v4_stable(payload)
+    return corr, [(t, p, e, hw, rec) for t, p, e, hw, _, rec in parts]
+
+
+def parse_fetch_v4_stable(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, int, bytes]]]:
+    """(correlation_id, [(topic, partition, error_code, high_watermark, last_stable_offset,
+    records)])."""
     r = Reader(payload)
     corr = r.i32()
     r.i32()  # throttle_time_ms
@@ -426,14 +502,13 @@ def parse_fetch_v4(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, 
         name = r.take(r.i16()).decode()
         for _ in range(r.i32()):
             part, err = r.i32(), r.i16()
-            hw = struct.unpack(">q", r.take(8))[0]
-            r.take(8)  # last_stable_offset
+            hw, lso = struct.unpack(">qq", r.take(16))
             n_aborted = r.i32()
             for _ in range(max(n_aborted, 0)):
                 r.take(16)
             size = r.i32()
             records = b"" if size < 0 else r.take(size)
-            out.append((name, part, err, hw, records))
+            out.append((name, part, err, hw, lso, records))
     return corr, out
 
 
@@ -468,3 +543,199 @@ def parse_init_producer_id(payload: bytes, version: int) -> tuple[int, int, int,
     pid = struct.unpack(">q", r.take(8))[0]
     epoch = r.i16()
     return corr, err, pid, epoch
+
+
+# --------------------------------------------------------------------------
+# Requests that carry a current leader epoch (KIP-320), non-flexible versions
+# --------------------------------------------------------------------------
+def fetch_v10(corr: int, topic: str, partition: int, offset: int,
+              current_leader_epoch: int = -1, max_wait_ms: int = 100) -> bytes:
+    part = (i32(partition) + i32(current_leader_epoch) + i64(offset) + i64(-1)
+            + i32(1 << 20))
+    body = (i32(-1) + i32(max_wait_ms) + i32(1) + i32(1 << 20) + i8(0)
+            + i32(0) + i32(-1)                                  # no fetch session
+            + array([string(topic) + array([part])]) + array([]))
+    return frame(header_v1(API_FETCH, 10, corr) + body)
+
+
+def parse_fetch_v10(payload: bytes) -> tuple[int, int, list[tuple[str, int, int, int, bytes]]]:
+    """(correlation_id, error_code, [(topic, partition, error_code, high_watermark, records)])."""
+    r = Reader(payload)
+    corr = r.i32()
+    r.i32()  # throttle_time_ms
+    top_err = r.i16()
+    r.i32()  # session_id
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            part, err = r.i32(), r.i16()
+            hw = struct.unpack(">q", r.take(8))[0]
+            r.take(16)  # last_stable_offset, log_start_offset
+            n_aborted = r.i32()
+            for _ in range(max(n_aborted, 0)):
+                r.take(16)
+            size = r.i32()
+            records = b"" if size < 0 else r.take(size)
+            out.append((name, part, err, hw, records))
+    return corr, top_err, out
+
+
+def list_offsets_v4(corr: int, topic: str, partition: int, timestamp: int,
+                    current_leader_epoch: int = -1) -> bytes:
+    part = i32(partition) + i32(current_leader_epoch) + i64(timestamp)
+    body = i32(-1) + i8(0) + array([string(topic) + array([part])])
+    return frame(header_v1(API_LIST_OFFSETS, 4, corr) + body)
+
+
+def parse_list_offsets_v4(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, int, int]]]:
+    """(correlation_id, [(topic, partition, error_code, timestamp, offset, leader_epoch)])."""
+    r = Reader(payload)
+    corr = r.i32()
+    r.i32()  # throttle_time_ms
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            part, err = r.i32(), r.i16()
+            ts, off = struct.unpack(">qq", r.take(16))
+            out.append((name, part, err, ts, off, r.i32()))
+    return corr, out
+
+
+def offset_for_leader_epoch_v3(corr: int, topic: str, partition: int, leader_epoch: int,
+                               current_leader_epoch: int = -1) -> bytes:
+    part = i32(partition) + i32(current_leader_epoch) + i32(leader_epoch)
+    body = i32(-1) + array([string(topic) + array([part])])
+    return frame(header_v1(API_OFFSET_FOR_LEADER_EPOCH, 3, corr) + body)
+
+
+def parse_offset_for_leader_epoch_v3(payload: bytes) -> tuple[int, list[tuple[str, int, int, int, int]]]:
+    """(correlation_id, [(topic, partition, error_code, leader_epoch, end_offset)])."""
+    r = Reader(payload)
+    corr = r.i32()
+    r.i32()  # throttle_time_ms
+    out = []
+    for _ in range(r.i32()):
+        name = r.take(r.i16()).decode()
+        for _ in range(r.i32()):
+            err, part, epoch = r.i16(), r.i32(), r.i32()
+            end = struct.unpack(">q", r.take(8))[0]
+            out.append((name, part, err, epoch, end))
+    return corr, out
+
+
+def produce_v3_timeout(corr: int, topic: str, partition: int, batch: bytes, acks: int,
+                       timeout_ms: int) -> bytes:
+    """produce_v3 with the request's own timeout (the broker answers REQUEST_TIMED_OUT)."""
+    body = (i16(-1) + i16(acks) + i32(timeout_ms)
+            + array([string(topic) + array([i32(partition) + i32(len(batch)) + batch])]))
+    return frame(header_v1(API_PRODUCE, 3, corr) + body)
+
+
+NOT_LEADER_OR_FOLLOWER = 6
+
+
+def _varlong(r: Reader) -> int:
+    """A zigzag varint of up to 64 bits (record fields)."""
+    shift = value = 0
+    while True:
+        b = r.take(1)[0]
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return _zigzag(value)
+        shift += 7
+        assert shift < 70, "varlong too long"
+
+
+def parse_records(data: bytes) -> list[tuple[int, Optional[bytes], Optional[bytes]]]:
+    """(offset, key, value) of every record in a Fetch response's records field, in
+    order. Control batches are left out (clients skip them); a trailing partial batch is
+    ignored. Uncompressed and gzip batches only: other codecs fail the caller, which
+    then cannot claim to have read the data."""
+    import zlib
+    out = []
+    pos = 0
+    while pos + 12 <= len(data):
+        base, length = struct.unpack(">qi", data[pos:pos + 12])
+        if length < 49 or pos + 12 + length > len(data):
+            break
+        b = data[pos + 12:pos + 12 + length]
+        pos += 12 + length
+        (attributes,) = struct.unpack(">h", b[9:11])
+        (count,) = struct.unpack(">i", b[45:49])
+        if attributes & 0x20:
+            continue
+        codec = attributes & 0x7
+        body = b[49:]
+        if codec == 1:
+            body = zlib.decompressobj(47).decompress(body)
+        else:
+            assert codec == 0, f"batch at offset {base}: codec {codec} cannot be decoded here"
+        r = Reader(body)
+        for _ in range(count):
+            rec = Reader(r.take(_varlong(r)))
+            rec.take(1)                      # attributes
+            _varlong(rec)                    # timestamp delta
+            offset = base + _varlong(rec)
+            klen = _varlong(rec)
+            key = None if klen < 0 else rec.take(klen)
+            vlen = _varlong(rec)
+            value = None if vlen < 0 else rec.take(vlen)
+            out.append((offset, key, value))
+    return out
+
+
+def read_partition(port: int, topic: str, partition: int, start: int = 0,
+                   host: str = "127.0.0.1", timeout: float = 20.0
+                   ) -> list[tuple[int, Optional[bytes], Optional[bytes]]]:
+    """Every record (offset, key, value) of one partition from `start` up to the high
+    watermark, fetched from the broker at host:port itself: no client routing, so the
+    data is that broker's copy. Fails when that broker answers an error
+    (NOT_LEADER_OR_FOLLOWER when it does not lead the partition)."""
+    out: list = []
+    offset = start
+    with Conn(port, timeout=timeout, host=host) as c:
+        for corr in range(1, 100_000):
+            assert c.send(fetch_v4(corr, topic, partition, offset)), "connection closed"
+            payload = c.recv_frame()
+            assert payload is not None, f"broker at port {port} closed the connection"
+            _, parts = parse_fetch_v4(payload)
+            (_, _, err, hw, records), = parts
+            assert err == 0, (f"broker at port {port} answered error {err} for {topic}/"
+                              f"{partition} (6 = NOT_LEADER_OR_FOLLOWER: it does not lead it)")
+            got = parse_records(records)
+            batches = parse_batches(records)
+            out += [r for r in got if r[0] >= offset]
+            if not batches:
+                assert offset >= hw, f"empty fetch at {offset} below the high watermark {hw}"
+                return out
+            offset = batches[-1].base_offset + batches[-1].last_offset_delta + 1
+            if offset >= hw:
+                return out
+    raise AssertionError("fetch did not reach the high watermark")
+
+
+CODEC_IDS = {"none": 0, None: 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def stored_codecs(port: int, topic: str, partition: int, host: str = "127.0.0.1") -> set[int]:
+    """The codec ids (attributes & 7) of every batch the broker at host:port stores in
+    the partition, read with direct Fetches up to the high watermark: what a test that
+    claims a codec must check, since a client may send another codec than asked (e.g.
+    librdkafka sends a batch uncompressed when compression does not make it smaller)."""
+    codecs: set[int] = set()
+    offset = 0
+    with Conn(port, timeout=20, host=host) as c:
+        for corr in range(1, 100_000):
+            assert c.send(fetch_v4(corr, topic, partition, offset)), "connection closed"
+            (_, _, err, hw, records), = parse_fetch_v4(c.recv_frame())[1]
+            assert err == 0, f"fetch {topic}/{partition} at port {port}: error {err}"
+            batches = parse_batches(records)
+            codecs |= {b.attributes & 7 for b in batches}
+            if not batches:
+                return codecs
+            offset = batches[-1].base_offset + batches[-1].last_offset_delta + 1
+            if offset >= hw:
+                return codecs
+    raise AssertionError("fetch did not reach the high watermark")

@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import kproto as kp
 from brokerproc import BrokerProcess, broker_bin, free_ports
+from kafkatest import CheckedThread
 from test_ring import Ring
 
 ERR_NOT_LEADER = 6
@@ -44,7 +45,8 @@ def wait(cond, what, timeout=60.0):
 class Cluster:
     """N brokers with --seeds, on a shared ring; every process killed at the end."""
 
-    def __init__(self, tmp, ring: Ring, n: int = 3, **extra_args):
+    def __init__(self, tmp, ring: Ring, n: int = 3, per_broker=None, **extra_args):
+        """`per_broker`: node -> extra BrokerProcess.start arguments (env, wrapper)."""
         self.tmp = tmp
         # Every port of every broker in one call, so they cannot collide with each other.
         ports = free_ports(4 * n)
@@ -62,7 +64,8 @@ class Cluster:
                 internal_listen=f"127.0.0.1:{internal[i]}",
                 internal_advertised=f"127.0.0.1:{internal[i]}",
                 raft_heartbeat_ms=100, raft_election_ms=400,
-                replica_lag_time_max_ms=2000, leader_rebalance_interval_ms=2000, **extra_args)
+                replica_lag_time_max_ms=2000, leader_rebalance_interval_ms=2000,
+                **(per_broker or {}).get(node, {}), **extra_args)
         wait(lambda: all(len(self.metadata(b).brokers) == n for b in self.alive()),
              f"every broker to list {n} brokers")
 
@@ -87,9 +90,20 @@ class Cluster:
             return None
         return t.partitions
 
-    def create(self, topic, partitions, rf=3, config=None, via=None):
+    def create(self, topic, partitions, rf=3, config=None, via=None, preferred=None):
+        """preferred: a broker id that becomes every partition's first (preferred)
+        replica, so the leader rebalance hands it all of them (a test can then read every
+        partition from that broker alone)."""
         admin = self.admin(via)
-        fut = admin.create_topics([NewTopic(topic, partitions, rf, config=config or {})])
+        if preferred is None:
+            new = NewTopic(topic, partitions, rf, config=config or {})
+        else:
+            others = [b for b in sorted(self.brokers) if b != preferred]
+            assignment = [[preferred] + (others[p % 2:] + others[:p % 2])[:rf - 1]
+                          for p in range(partitions)]
+            new = NewTopic(topic, partitions, -1, replica_assignment=assignment,
+                           config=config or {})
+        fut = admin.create_topics([new])
         fut[topic].result(30)
         wait(lambda: self.fully_replicated(topic, partitions, rf), f"{topic} to be led and in sync")
 
@@ -106,6 +120,18 @@ class Cluster:
     def leader(self, topic, partition, broker=None):
         parts = self.partitions(topic, broker)
         return None if parts is None else parts[partition].leader
+
+    def leads_all(self, node, topic, partitions):
+        """Broker `node` leads every partition, in its own view and in another's."""
+        views = [self.brokers[node]] + [b for n, b in self.brokers.items()
+                                        if n != node and b.alive()][:1]
+        return all(self.leader(topic, p, b) == node for b in views for p in range(partitions))
+
+    def read_from(self, node, topic, partitions, start=0):
+        """{partition: [(offset, key, value)]} fetched from broker `node` itself (a direct
+        Fetch, no client routing): its own copy of the log."""
+        return {p: kp.read_partition(self.brokers[node].port, topic, p, start)
+                for p in range(partitions)}
 
     def close(self):
         for b in self.brokers.values():
@@ -128,11 +154,11 @@ def cluster(tmp_path):
         ring.close()
 
 
-class Load(threading.Thread):
+class Load(CheckedThread):
     """acks=all producer (retries on, idempotence off) over every partition of a topic."""
 
     def __init__(self, bootstrap, topic, partitions):
-        super().__init__(daemon=True)
+        super().__init__(name="producer")
         self.topic, self.partitions = topic, partitions
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
                                   "linger.ms": 2, "message.timeout.ms": 60000,
@@ -148,7 +174,7 @@ class Load(threading.Thread):
         self.acked.append((msg.partition(), msg.offset(), msg.value()))
         self.ack_times.append(time.monotonic())
 
-    def run(self):
+    def work(self):
         while not self.stop.is_set():
             self.producer.produce(self.topic, b"v%d" % self.sent,
                                   partition=self.sent % self.partitions,
@@ -157,7 +183,8 @@ class Load(threading.Thread):
             if self.sent % 50 == 0:
                 self.producer.poll(0)
                 time.sleep(0.005)
-        assert self.producer.flush(90) == 0
+        left = self.producer.flush(90)
+        assert left == 0, f"{left} records still unacknowledged after flush"
 
     def stall_since(self, t0):
         times = [t for t in self.ack_times if t >= t0]
@@ -246,11 +273,14 @@ def test_non_leader_answers_not_leader_or_follower(cluster):
 
 def test_leader_kill_loses_no_acknowledged_record(cluster):
     topic, parts = "failover", 3
-    cluster.create(topic, parts)
+    # Broker 1 is every partition's preferred replica: it leads them all before the fault
+    # and again after its restart, so its own copy can be read afterwards.
+    cluster.create(topic, parts, preferred=1)
+    wait(lambda: cluster.leads_all(1, topic, parts), "broker 1 to lead every partition")
     load = Load(cluster.bootstrap(), topic, parts)
     load.start()
     wait(lambda: len(load.acked) >= 500, "500 acks before the fault")
-    victim = cluster.leader(topic, 0)
+    victim = 1
     survivor = next(b for n, b in cluster.brokers.items() if n != victim)
     t0 = time.monotonic()
     cluster.brokers[victim].kill9()
@@ -263,17 +293,22 @@ def test_leader_kill_loses_no_acknowledged_record(cluster):
     wait(lambda: cluster.fully_replicated(topic, parts, 3), "the old leader back in every ISR")
     time.sleep(0.5)
     load.stop.set()
-    load.join(120)
+    load.join_checked(120)
     stall = load.stall_since(t0)
     print(f"\nleader kill: node {victim} -> {new_leader}: new leader after {failover:.2f} s, "
           f"producer stall {stall:.2f} s, {len(load.acked)} acked, {len(load.errors)} errors")
     assert not load.errors, load.errors[:5]
     consumed = consume(cluster.bootstrap(), topic, parts, len(load.acked))
     check(load.acked, consumed)
-    # The restarted broker serves the same data once it leads again (preferred leader).
-    wait(lambda: cluster.leader(topic, 0) == victim or cluster.leader(topic, 1) == victim
-         or cluster.leader(topic, 2) == victim, "the restarted broker to lead again")
-    check(load.acked, consume(cluster.brokers[victim].bootstrap, topic, parts, len(load.acked)))
+    # The restarted broker serves the same data once it leads again (preferred leader):
+    # every partition fetched from it directly, not through a client's routing.
+    wait(lambda: cluster.leads_all(victim, topic, parts),
+         "the restarted broker to lead every partition again", 90)
+    own = [(p, o, v) for p, recs in cluster.read_from(victim, topic, parts).items()
+           for o, _, v in recs]
+    check(load.acked, own)
+    assert sorted(own) == sorted(consumed), \
+        "the restarted broker's log differs from what consumers read before"
 
 
 def test_min_insync_replicas_refuses_acks_all(cluster):

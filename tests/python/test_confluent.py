@@ -12,6 +12,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Producer,
 from confluent_kafka.admin import (ConfigResource, NewPartitions, NewTopic,
                                    OffsetSpec, ResourceType)
 
+import kproto as kp
 from kafkatest import (Out, admin, assert_gsn_offsets, assert_same_records,
                        by_partition, consume_all, create_topics,
                        payload_multiset, produce, topic_partitions,
@@ -83,6 +84,10 @@ def test_roundtrip_all_codecs(broker):
     assert_same_records(delivered_all, consumed, "codec round trip")
     # Every partition got data (partitions were chosen explicitly).
     assert set(by_partition(consumed)) == set(tps)
+    # Each codec is really in the log (the broker stores batches as they were sent).
+    stored = set().union(*(kp.stored_codecs(broker.handle.port, t, p) for t, p in tps))
+    assert stored == {kp.CODEC_IDS[c] for c in CODECS}, \
+        f"stored batches use codec ids {stored}, expected one batch per codec at least"
 
     # Watermarks agree with what was read: low <= first offset, high == last + 1
     # (the consumer's position after the last record; EOF detection needs it).

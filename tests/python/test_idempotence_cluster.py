@@ -13,16 +13,17 @@ from collections import defaultdict
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from kafkatest import CheckedThread
 from test_cluster import cluster, wait  # noqa: F401  (the fixture)
 
 PARTS = 2
 
 
-class NumberedLoad(threading.Thread):
+class NumberedLoad(CheckedThread):
     """enable.idempotence=true; record i of partition p carries "p:i"."""
 
     def __init__(self, bootstrap, topic):
-        super().__init__(daemon=True)
+        super().__init__(name="idempotent producer")
         self.topic = topic
         self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                                   "linger.ms": 2, "batch.num.messages": 20,
@@ -46,7 +47,7 @@ class NumberedLoad(threading.Thread):
         with self.lock:
             return sum(len(v) for v in self.acked.values())
 
-    def run(self):
+    def work(self):
         k = 0
         while not self.stop.is_set():
             p = k % PARTS
@@ -60,7 +61,8 @@ class NumberedLoad(threading.Thread):
             if k % 20 == 0:
                 self.producer.poll(0)
                 time.sleep(0.002)
-        self.producer.flush(120)
+        left = self.producer.flush(120)
+        assert left == 0, f"{left} records still unacknowledged after flush"
         self.flushed.set()
 
 
@@ -118,12 +120,15 @@ def check_exactly_once(load, consumed):
 
 def test_idempotent_producer_survives_leader_kill(cluster):  # noqa: F811
     topic = "idem-failover"
-    cluster.create(topic, PARTS)
+    # Broker 1 is every partition's preferred replica: it leads them all before the fault
+    # and again after its restart, so its own copy can be read afterwards.
+    victim = 1
+    cluster.create(topic, PARTS, preferred=victim)
+    wait(lambda: cluster.leads_all(victim, topic, PARTS), "broker 1 to lead every partition")
     load = NumberedLoad(cluster.bootstrap(), topic)
     load.start()
     try:
         wait(lambda: load.acked_count() >= 1000, "1,000 acks before the fault")
-        victim = cluster.leader(topic, 0)
         survivor = next(b for n, b in cluster.brokers.items() if n != victim)
         cluster.brokers[victim].kill9()
         wait(lambda: (lambda l: l if l not in (None, -1, victim) else None)(
@@ -134,7 +139,7 @@ def test_idempotent_producer_survives_leader_kill(cluster):  # noqa: F811
         wait(lambda: cluster.fully_replicated(topic, PARTS, 3), "the old leader back in every ISR")
     finally:
         load.stop.set()
-        load.join(150)
+        load.join_checked(150)
     assert load.flushed.is_set(), "producer did not finish"
     assert not load.errors, load.errors[:5]
     total = load.acked_count()
@@ -146,12 +151,13 @@ def test_idempotent_producer_survives_leader_kill(cluster):  # noqa: F811
     # With every record acknowledged, each partition holds exactly 0..n-1.
     for p in range(PARTS):
         assert consumed[p] == list(range(load.next[p])), f"partition {p}"
-    # The restarted broker's copy of the log says the same once it leads again.
-    wait(lambda: victim in (cluster.leader(topic, 0), cluster.leader(topic, 1)),
-         "the restarted broker to lead again")
-    again = consume_numbers(cluster.brokers[victim].bootstrap, topic, total)
-    for p in range(PARTS):
-        assert again[p] == consumed[p], f"partition {p} differs after the restart"
+    # The restarted broker's copy of the log says the same once it leads again: every
+    # partition fetched from it directly, not through a client's routing.
+    wait(lambda: cluster.leads_all(victim, topic, PARTS),
+         "the restarted broker to lead every partition again", 90)
+    for p, recs in cluster.read_from(victim, topic, PARTS).items():
+        again = [int(v.split(b":")[1]) for _, _, v in recs]
+        assert again == consumed[p], f"partition {p} differs on the restarted broker"
 
 
 def test_new_leader_recognises_retries_of_replicated_batches(cluster):  # noqa: F811

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import kproto as kp
 from kafkatest import (Out, Rec, assert_gsn_offsets, assert_same_records,
                        produce, unique_name)
 
@@ -80,6 +81,10 @@ def test_kcat_produce_consume(broker, codec):
         [tuple(part.encode() for part in ln.split(":", 1)) for ln in lines], \
         "kcat read back different records (or in a different order) than it wrote"
     assert_gsn_offsets(recs, f"kcat {codec}")
+    stored = kp.stored_codecs(broker.handle.port, topic, 0)
+    want = kp.CODEC_IDS[codec]
+    assert want in stored and stored <= {0, want}, \
+        f"asked for {codec} (codec id {want}); the stored batches use codec ids {stored}"
 
 
 def test_kcat_reads_what_confluent_wrote(broker):

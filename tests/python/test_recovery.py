@@ -62,8 +62,10 @@ class BackgroundProducer(threading.Thread):
                 except BufferError:
                     self.producer.poll(0.05)
                 self.producer.poll(0)
-            # Let everything in flight either be acked or time out.
-            self.producer.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
+            # Let everything in flight either be acked or time out; a record with neither
+            # outcome would make the acked list incomplete.
+            left = self.producer.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
+            assert left == 0, f"{left} records neither acknowledged nor failed after flush"
         except BaseException as e:  # surfaced by the test
             self.exc = e
         finally:

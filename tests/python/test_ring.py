@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 import kproto as kp
 from brokerproc import BrokerProcess, broker_bin, free_ports
+from kafkatest import CheckedThread
 
 TOPICS = ("ring-0", "ring-1")
 STALL_LIMIT_S = 15.0
@@ -145,11 +146,11 @@ class Ring:
                 p.wait(10)
 
 
-class Load(threading.Thread):
+class Load(CheckedThread):
     """Produces with acks=all to TOPICS until stopped; records acks and their times."""
 
     def __init__(self, bootstrap):
-        super().__init__(daemon=True)
+        super().__init__(name="producer")
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
                                   "linger.ms": 2, "message.timeout.ms": 60000})
         self.acked, self.ack_times, self.errors = [], [], []
@@ -163,7 +164,7 @@ class Load(threading.Thread):
         self.acked.append((msg.topic(), msg.offset(), msg.value()))
         self.ack_times.append(time.monotonic())
 
-    def run(self):
+    def work(self):
         while not self.stop.is_set():
             topic = TOPICS[self.sent % 2]
             self.producer.produce(topic, str(self.sent).encode(), partition=0,
@@ -172,7 +173,8 @@ class Load(threading.Thread):
             if self.sent % 100 == 0:
                 self.producer.poll(0)
                 time.sleep(0.005)
-        assert self.producer.flush(60) == 0
+        left = self.producer.flush(60)
+        assert left == 0, f"{left} records still unacknowledged after flush"
 
     def stall_since(self, t0):
         """Longest gap between acks after t0 (seconds)."""
@@ -250,7 +252,7 @@ def test_broker_on_ring_survives_switch_and_controller_faults(ring, tmp_path):
         stalls["add switch"] = load.stall_since(t0)
 
         load.stop.set()
-        load.join(90)
+        load.join_checked(90)
         assert not load.is_alive(), "producer did not finish"
         assert not load.errors, load.errors[:3]
 
@@ -323,7 +325,7 @@ def test_resize_2_4_3_under_load_with_a_batch_larger_than_the_old_w(tmp_path):
                 assert err == 0, f"produce of {big} records failed with error {err}"
 
         load.stop.set()
-        load.join(90)
+        load.join_checked(90)
         assert not load.is_alive(), "producer did not finish"
         assert not load.errors, load.errors[:3]
 

@@ -1,4 +1,5 @@
-//! DescribeCluster: the registered brokers and the metadata leader (the controller).
+//! DescribeCluster: the live brokers (`Broker::advertised_brokers`) and the metadata leader
+//! (the controller).
 
 use std::sync::Arc;
 
@@ -31,14 +32,22 @@ pub async fn handle(
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(super::message("only broker endpoints are described"));
     }
+    // Live brokers only, as Kafka; v2 asks for the fenced (here: not live) ones as well.
+    let fenced_too = version >= 2 && req.include_fenced_brokers;
     resp.brokers = broker
-        .advertised_brokers()
+        .registered_brokers()
         .into_iter()
-        .map(|(id, host, port)| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(id))
-                .with_host(StrBytes::from_string(host))
-                .with_port(i32::from(port))
+        .filter(|b| b.live || fenced_too)
+        .map(|b| {
+            let out = DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(i32::from(b.port));
+            if version >= 2 {
+                out.with_is_fenced(!b.live)
+            } else {
+                out
+            }
         })
         .collect();
     resp

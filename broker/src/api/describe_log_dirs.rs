@@ -1,5 +1,9 @@
 //! DescribeLogDirs: the broker's one log directory (`--data-dir`) with the size of every
 //! partition replica it holds, and (v4) the file system's total and usable bytes.
+//!
+//! A replica offline after a storage error is not in that list: its own directory is
+//! reported as a log directory with KAFKA_STORAGE_ERROR (Kafka reports an offline log
+//! directory that way; here the replica is the unit that goes offline).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,8 +14,9 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
-use crate::broker::Broker;
+use crate::broker::{group_name, Broker};
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -29,6 +34,7 @@ pub async fn handle(
         m
     });
     let mut topics: Vec<DescribeLogDirsTopic> = Vec::new();
+    let mut offline: Vec<DescribeLogDirsResult> = Vec::new();
     let mut hosted = broker.topics();
     hosted.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     for topic in hosted {
@@ -39,11 +45,22 @@ pub async fn handle(
                 None => continue,
             },
         };
+        let wanted = |index: i32| filter.is_none_or(|f| f.contains(&index));
+        for (index, failure) in topic.offline_replicas() {
+            if wanted(index) {
+                let dir = broker
+                    .config
+                    .data_dir
+                    .join(group_name(&topic.record, index));
+                tracing::debug!(dir = %dir.display(), %failure, "offline replica directory");
+                offline.push(offline_dir(&dir));
+            }
+        }
         let partitions: Vec<DescribeLogDirsPartition> = topic
             .partitions
             .iter()
             .flatten()
-            .filter(|p| filter.is_none_or(|f| f.contains(&p.index)))
+            .filter(|p| wanted(p.index) && !p.is_offline())
             .map(|p| {
                 DescribeLogDirsPartition::default()
                     .with_partition_index(p.index)
@@ -78,7 +95,18 @@ pub async fn handle(
             }
         }
     }
-    DescribeLogDirsResponse::default().with_results(vec![result])
+    let mut results = vec![result];
+    results.extend(offline);
+    DescribeLogDirsResponse::default().with_results(results)
+}
+
+/// The directory of a replica offline after a storage error, as an offline log directory.
+fn offline_dir(dir: &Path) -> DescribeLogDirsResult {
+    DescribeLogDirsResult::default()
+        .with_error_code(ResponseError::KafkaStorageError.code())
+        .with_log_dir(StrBytes::from_string(dir.display().to_string()))
+        .with_total_bytes(-1)
+        .with_usable_bytes(-1)
 }
 
 /// Total and usable (available to unprivileged users) bytes of the file system at `dir`.

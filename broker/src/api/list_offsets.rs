@@ -24,6 +24,9 @@ pub async fn handle(
     version: i16,
 ) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
+    // READ_COMMITTED (v2+): LATEST is the last stable offset, the frontier of the global
+    // order, like Fetch's.
+    let committed = version >= 2 && req.isolation_level == 1;
     for t in req.topics {
         let topic = broker.topic(t.name.as_str());
         let mut out = ListOffsetsTopicResponse::default().with_name(t.name.clone());
@@ -37,12 +40,12 @@ pub async fn handle(
                 .as_ref()
                 .ok_or(ResponseError::UnknownTopicOrPartition)
                 .and_then(|t| t.local(p.partition_index));
-            let result = match local {
+            let gate = local.and_then(|part| {
+                super::leader_epoch::check_leader(part, p.current_leader_epoch).map(|()| part)
+            });
+            let result = match gate {
                 Err(e) => base.with_error_code(e.code()),
-                Ok(part) if !part.is_leader() => {
-                    base.with_error_code(ResponseError::NotLeaderOrFollower.code())
-                }
-                Ok(part) => match lookup(part, p.timestamp) {
+                Ok(part) => match lookup(broker, part, p.timestamp, committed) {
                     Ok((offset, timestamp)) => {
                         let found = base.with_offset(offset).with_timestamp(timestamp);
                         // leader_epoch exists from v4 on; older versions must keep the default.
@@ -64,12 +67,23 @@ pub async fn handle(
 }
 
 /// (offset, timestamp) for one query; -1 offset when no record qualifies.
-fn lookup(part: &Partition, query: i64) -> Result<(i64, i64), i16> {
+fn lookup(
+    broker: &Broker,
+    part: &Partition,
+    query: i64,
+    committed: bool,
+) -> Result<(i64, i64), i16> {
     let storage = |e: std::io::Error| {
         tracing::error!(topic = %part.topic, partition = part.index, error = %e, "list offsets failed");
+        part.note_storage_error("read log", &e);
         ResponseError::KafkaStorageError.code()
     };
     match query {
+        LATEST | LATEST_TIERED if committed => broker
+            .frontier
+            .stable_offset(part.key)
+            .map(|stable| (stable, -1))
+            .ok_or(ResponseError::OffsetNotAvailable.code()),
         LATEST | LATEST_TIERED => Ok((part.high_watermark(), -1)),
         EARLIEST | EARLIEST_LOCAL => Ok((part.log_start_offset(), -1)),
         MAX_TIMESTAMP => {

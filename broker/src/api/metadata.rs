@@ -1,6 +1,6 @@
 //! Metadata: brokers, topics and partitions; creates missing topics when asked and allowed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kafka_protocol::messages::metadata_response::{
@@ -143,24 +143,42 @@ fn error_topic(
 }
 
 /// A topic's metadata: replicas from the assignment, leader/epoch/ISR as this broker knows
-/// them (see `Broker::leader_view`).
+/// them (see `Broker::leader_view`). As in Kafka, a partition whose leader is not a live
+/// broker (not in the broker list) has no leader: LEADER_NOT_AVAILABLE, leader -1, its epoch
+/// kept; replicas that are not live are also listed as offline (v5+).
 pub fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let me = broker.config.broker_id();
+    let live_set: BTreeSet<i32> = broker.advertised_brokers().iter().map(|b| b.0).collect();
+    let live = |id: &i32| live_set.contains(id);
     let partitions = (0..topic.record.partitions)
         .zip(broker.leader_views(topic))
         .map(|(index, view)| {
-            let error = if view.leader < 0 {
+            let leader = if view.leader >= 0 && live(&view.leader) {
+                view.leader
+            } else {
+                -1
+            };
+            let error = if leader < 0 {
                 ResponseError::LeaderNotAvailable.code()
             } else {
                 0
             };
             let ids = |list: Vec<i32>| list.into_iter().map(BrokerId).collect::<Vec<_>>();
-            let out = MetadataResponsePartition::default()
+            let replicas = topic.replicas(index, me);
+            let offline: Vec<i32> = replicas.iter().copied().filter(|r| !live(r)).collect();
+            let mut out = MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_error_code(error)
-                .with_leader_id(BrokerId(view.leader))
-                .with_replica_nodes(ids(topic.replicas(index, me)))
+                .with_leader_id(BrokerId(leader))
+                .with_replica_nodes(ids(replicas))
                 .with_isr_nodes(ids(view.isr));
+            // offline_replicas exists from v5 on: replicas on brokers that are not live, and
+            // replicas out after a storage error.
+            if version >= 5 {
+                let mut all: BTreeSet<i32> = offline.into_iter().collect();
+                all.extend(broker.offline_replicas(topic, index));
+                out.offline_replicas = ids(all.into_iter().collect());
+            }
             if version >= 7 {
                 out.with_leader_epoch(view.epoch)
             } else {

@@ -13,6 +13,7 @@ mod describe_log_dirs;
 mod fetch;
 mod incremental_alter_configs;
 mod init_producer_id;
+mod leader_epoch;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;

@@ -1,4 +1,8 @@
-//! OffsetForLeaderEpoch: where a leader epoch (Raft term) ends, for consumer truncation checks.
+//! OffsetForLeaderEpoch: where a leader epoch (Raft term) ends, for consumer truncation checks
+//! (librdkafka and kafka-python validate their position with it after a leader change: an
+//! end offset below the position, or -1, makes them seek back or reset). With GSN offsets an
+//! epoch ends at the offset after its last batch; the leader's own epoch at its log end
+//! (`storage::log::epoch_end`).
 
 use std::sync::Arc;
 
@@ -28,28 +32,20 @@ pub async fn handle(
                 .as_ref()
                 .ok_or(ResponseError::UnknownTopicOrPartition)
                 .and_then(|tp| tp.local(p.partition));
-            let result = match local {
+            let gate = local.and_then(|part| {
+                super::leader_epoch::check_leader(part, p.current_leader_epoch).map(|()| part)
+            });
+            let result = match gate {
                 Err(e) => base.with_error_code(e.code()),
-                Ok(part) if !part.is_leader() => {
-                    base.with_error_code(ResponseError::NotLeaderOrFollower.code())
-                }
                 Ok(part) => {
                     let current = part.leader_epoch();
-                    if p.current_leader_epoch > current {
-                        base.with_error_code(ResponseError::UnknownLeaderEpoch.code())
-                    } else if p.current_leader_epoch >= 0 && p.current_leader_epoch < current {
-                        base.with_error_code(ResponseError::FencedLeaderEpoch.code())
-                    } else if p.leader_epoch >= current {
-                        base.with_leader_epoch(current)
-                            .with_end_offset(part.high_watermark())
-                    } else {
-                        match part.with_log(|l| l.end_of_epoch(p.leader_epoch)) {
-                            Ok(Some((epoch, end))) => {
-                                base.with_leader_epoch(epoch).with_end_offset(end)
-                            }
-                            Ok(None) => base,
-                            Err(_) => base.with_error_code(ResponseError::KafkaStorageError.code()),
+                    let hw = part.high_watermark();
+                    match part.with_log(|l| l.end_of_epoch(p.leader_epoch, current, hw)) {
+                        Ok(Some((epoch, end))) => {
+                            base.with_leader_epoch(epoch).with_end_offset(end)
                         }
+                        Ok(None) => base,
+                        Err(_) => base.with_error_code(ResponseError::KafkaStorageError.code()),
                     }
                 }
             };

@@ -113,6 +113,7 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
                         Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
                         Ok(Ok(r)) => r.map_err(append_error_code),
                     }
+                    .map_err(|code| storage_error_instead(topic.as_deref(), index, code))
                 }
             };
             head.partition_responses.push(
@@ -123,6 +124,19 @@ pub async fn finish(broker: &Arc<Broker>, queued: Queued) -> Option<ProduceRespo
         resp.responses.push(head);
     }
     Some(resp)
+}
+
+/// A batch that was waiting when its replica went offline (the Raft node stopped under it,
+/// so the appender said "not leader") is answered as Kafka answers for an offline log
+/// directory: KAFKA_STORAGE_ERROR.
+fn storage_error_instead(topic: Option<&Topic>, index: i32, code: i16) -> i16 {
+    let offline =
+        topic.is_some_and(|t| matches!(t.local(index), Err(ResponseError::KafkaStorageError)));
+    if offline && code == ResponseError::NotLeaderOrFollower.code() {
+        ResponseError::KafkaStorageError.code()
+    } else {
+        code
+    }
 }
 
 fn partition_response(

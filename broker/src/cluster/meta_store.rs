@@ -234,7 +234,9 @@ impl MetaStateMachine {
             .get_raft(GROUP, "state")
             .map_err(|e| StorageIOError::read_state_machine(&e))?
             .unwrap_or_default();
-        let (state_tx, state) = watch::channel(Arc::new(applied.state.clone()));
+        let mut published = applied.state.clone();
+        published.applied_index = applied.last_applied.map_or(0, |l| l.index);
+        let (state_tx, state) = watch::channel(Arc::new(published));
         let (index_tx, applied_rx) = watch::channel(applied.last_applied.map_or(0, |l| l.index));
         Ok((
             Self {
@@ -250,7 +252,8 @@ impl MetaStateMachine {
         ))
     }
 
-    fn persist_and_publish(&self) -> Result<(), SError> {
+    fn persist_and_publish(&mut self) -> Result<(), SError> {
+        self.applied.state.applied_index = self.applied.last_applied.map_or(0, |l| l.index);
         self.meta
             .put_raft(GROUP, "state", &self.applied, true)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
@@ -279,6 +282,7 @@ impl RaftStateMachine<MetaConfig> for MetaStateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
+            self.applied.state.applied_index = entry.log_id.index;
             let reply = match entry.payload {
                 EntryPayload::Normal(cmd) => self.applied.state.apply(&cmd),
                 EntryPayload::Membership(m) => {

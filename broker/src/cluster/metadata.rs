@@ -7,6 +7,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::SequencerKind;
 use crate::storage::meta::TopicRecord;
 use crate::topic_config::{self, ConfigOp, DynamicConfigs};
 
@@ -36,6 +37,11 @@ pub struct BrokerInfo {
     pub id: i32,
     pub raft_addr: String,
     pub endpoints: Vec<Endpoint>,
+    /// Where this broker's offsets come from (`None` in registrations stored before brokers
+    /// reported it). Part of the registration, so a restart with another sequencer
+    /// registers again and meets the check.
+    #[serde(default)]
+    pub sequencer: Option<SequencerKind>,
 }
 
 /// What a partition leader reports about its partition.
@@ -90,6 +96,15 @@ pub enum MetaCommand {
         replace: bool,
         ops: Vec<ConfigOp>,
     },
+    /// A broker's replica of a partition went offline after a storage error (`offline`), or
+    /// opened again after a restart. An offline replica is out of the ISR, cannot be
+    /// reported as leader, and Metadata lists it in `offline_replicas`.
+    ReplicaStorage {
+        topic_id: [u8; 16],
+        partition: i32,
+        broker: i32,
+        offline: bool,
+    },
 }
 
 /// What an AlterConfigs command changes.
@@ -109,6 +124,10 @@ pub enum Rejection {
     UnknownTopic(String),
     #[error("{0}")]
     Invalid(String),
+    /// A broker whose sequencer is not the cluster's: it would be a second source of
+    /// offsets. The broker stops with this message.
+    #[error("{0}")]
+    SequencerMismatch(String),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -135,6 +154,14 @@ pub struct TopicState {
     /// DeleteRecords low watermarks by partition (only ever raised).
     #[serde(default)]
     pub low_watermarks: BTreeMap<i32, i64>,
+    /// The metadata index of the entry that last created partitions of this topic
+    /// (CreateTopic, AddPartitions): a broker that applied it knows all of them. 0 for
+    /// topics stored before it was recorded (every broker knows those).
+    #[serde(default)]
+    pub created_index: u64,
+    /// Replicas (broker ids) offline after a storage error, by partition.
+    #[serde(default)]
+    pub offline: BTreeMap<i32, BTreeSet<i32>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -148,6 +175,13 @@ pub struct ClusterState {
     /// The first producer id not handed out yet (ids are reserved in blocks).
     #[serde(default)]
     pub next_producer_id: i64,
+    /// The metadata log index this state has applied; while `apply` runs, the index of the
+    /// entry being applied (set by the state machine): the same on every broker.
+    #[serde(default)]
+    pub applied_index: u64,
+    /// The cluster's source of offsets, fixed by the first registration that names one.
+    #[serde(default)]
+    pub sequencer: Option<SequencerKind>,
 }
 
 fn unreported(n: usize) -> Vec<PartitionState> {
@@ -167,13 +201,7 @@ impl ClusterState {
             return self.allocate_producer_ids(*count);
         }
         let rejected = match cmd {
-            MetaCommand::RegisterBroker { info, cluster_id } => {
-                if self.cluster_id.is_none() {
-                    self.cluster_id = Some(cluster_id.clone());
-                }
-                self.brokers.insert(info.id, info.clone());
-                None
-            }
+            MetaCommand::RegisterBroker { info, cluster_id } => self.register(info, cluster_id),
             MetaCommand::CreateTopic(record) => self.create_topic(record),
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => None,
@@ -205,11 +233,51 @@ impl ClusterState {
                 partition,
                 low_watermark,
             } => self.delete_records(name, topic_id, *partition, *low_watermark),
+            MetaCommand::ReplicaStorage {
+                topic_id,
+                partition,
+                broker,
+                offline,
+            } => self.replica_storage(topic_id, *partition, *broker, *offline),
         };
         MetaReply {
             rejected,
             producer_ids: None,
         }
+    }
+
+    fn register(&mut self, info: &BrokerInfo, cluster_id: &str) -> Option<Rejection> {
+        if let Some(why) = self.sequencer_conflict(info.id, info.sequencer) {
+            return Some(Rejection::SequencerMismatch(why));
+        }
+        if self.cluster_id.is_none() {
+            self.cluster_id = Some(cluster_id.to_string());
+        }
+        if info.sequencer.is_some() {
+            self.sequencer = info.sequencer;
+        }
+        self.brokers.insert(info.id, info.clone());
+        None
+    }
+
+    /// Why broker `id` numbering offsets with `kind` would give the cluster a second number
+    /// source (two brokers handing out the same offsets); `None` when it may take part. The
+    /// cluster's kind is the one its first registration named. A cluster of one (no other
+    /// broker registered) may change its own sequencer: there is still one source.
+    pub fn sequencer_conflict(&self, id: i32, kind: Option<SequencerKind>) -> Option<String> {
+        let (Some(cluster), Some(kind)) = (self.sequencer, kind) else {
+            return None;
+        };
+        let others: Vec<i32> = self.brokers.keys().copied().filter(|b| *b != id).collect();
+        if cluster == kind || others.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "broker {id} numbers offsets with the {kind} sequencer, but the cluster it joins \
+             (brokers {others:?}) uses the {cluster} sequencer: two number sources would hand \
+             out the same offsets; start this broker with --sequencer {cluster} (a cluster of \
+             several brokers needs --sequencer ring on every broker)"
+        ))
     }
 
     /// Reserves `count` producer ids. Every broker applies the same entries, so each block is
@@ -306,6 +374,8 @@ impl ClusterState {
                 record: record.clone(),
                 partitions: unreported(record.replicas.len()),
                 low_watermarks: BTreeMap::new(),
+                created_index: self.applied_index,
+                offline: BTreeMap::new(),
             },
         );
         None
@@ -318,15 +388,22 @@ impl ClusterState {
         t.record.replicas.extend(replicas.iter().cloned());
         t.record.partitions = t.record.replicas.len() as i32;
         t.partitions.extend(unreported(replicas.len()));
+        t.created_index = self.applied_index;
         None
     }
 
     /// Accepts a report from the partition's current leader: a newer epoch, or the same
-    /// epoch and leader (an ISR change). Reports from deposed leaders are ignored.
+    /// epoch and leader (an ISR change). Reports from deposed leaders, and from a replica
+    /// that went offline (a report it sent just before), are ignored; offline replicas are
+    /// never in the ISR.
     fn report(&mut self, r: &PartitionReport) {
         let Some(t) = self.topics.values_mut().find(|t| t.record.id == r.topic_id) else {
             return;
         };
+        let offline = t.offline.get(&r.partition).cloned().unwrap_or_default();
+        if offline.contains(&r.leader) {
+            return;
+        }
         let Some(p) = usize::try_from(r.partition)
             .ok()
             .and_then(|i| t.partitions.get_mut(i))
@@ -337,6 +414,7 @@ impl ClusterState {
             p.leader = r.leader;
             p.epoch = r.epoch;
             p.isr = r.isr.clone();
+            p.isr.retain(|b| !offline.contains(b));
         }
     }
 
@@ -412,6 +490,50 @@ impl ClusterState {
         None
     }
 
+    /// Marks a replica offline (out of the ISR; no longer the leader) or online again.
+    fn replica_storage(
+        &mut self,
+        topic_id: &[u8; 16],
+        partition: i32,
+        broker: i32,
+        offline: bool,
+    ) -> Option<Rejection> {
+        let Some(t) = self.topics.values_mut().find(|t| &t.record.id == topic_id) else {
+            return Some(Rejection::UnknownTopic(format!("{topic_id:02x?}")));
+        };
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+        else {
+            return Some(Rejection::Invalid(format!(
+                "topic '{}' has no partition {partition}",
+                t.record.name
+            )));
+        };
+        if offline {
+            p.isr.retain(|b| *b != broker);
+            if p.leader == broker {
+                // Its successor reports a newer epoch; until then there is no leader.
+                p.leader = -1;
+            }
+            t.offline.entry(partition).or_default().insert(broker);
+        } else if let Some(set) = t.offline.get_mut(&partition) {
+            set.remove(&broker);
+            if set.is_empty() {
+                t.offline.remove(&partition);
+            }
+        }
+        None
+    }
+
+    /// Brokers whose replica of the partition is offline after a storage error.
+    pub fn offline_replicas(&self, topic_id: &[u8; 16], partition: i32) -> BTreeSet<i32> {
+        self.topic_by_id(topic_id)
+            .and_then(|t| t.offline.get(&partition))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The DeleteRecords low watermark of a partition (0 when none was requested).
     pub fn low_watermark(&self, name: &str, partition: i32) -> i64 {
         self.topics
@@ -459,14 +581,80 @@ mod tests {
     }
 
     fn broker(id: i32) -> MetaCommand {
+        broker_with(id, Some(SequencerKind::Ring))
+    }
+
+    fn broker_with(id: i32, sequencer: Option<SequencerKind>) -> MetaCommand {
         MetaCommand::RegisterBroker {
             info: BrokerInfo {
                 id,
                 raft_addr: format!("b{id}:9093"),
                 endpoints: vec![],
+                sequencer,
             },
             cluster_id: format!("c{id}"),
         }
+    }
+
+    #[test]
+    fn the_first_registration_fixes_the_number_source() {
+        use SequencerKind::{Local, Ring};
+        let mut s = ClusterState::default();
+        assert!(s.apply(&broker_with(1, Some(Local))).rejected.is_none());
+        assert_eq!(s.sequencer, Some(Local));
+        // A second broker with another sequencer is refused and changes nothing.
+        let r = s.apply(&broker_with(2, Some(Ring))).rejected;
+        let Some(Rejection::SequencerMismatch(why)) = r else {
+            panic!("not refused: {r:?}");
+        };
+        assert!(
+            why.contains("broker 2") && why.contains("--sequencer local"),
+            "{why}"
+        );
+        assert_eq!(s.brokers.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(s.sequencer, Some(Local));
+        // The same kind joins.
+        assert!(s.apply(&broker_with(3, Some(Local))).rejected.is_none());
+        // Now that others are registered, a member cannot switch either.
+        let r = s.apply(&broker_with(1, Some(Ring))).rejected;
+        assert!(matches!(r, Some(Rejection::SequencerMismatch(_))), "{r:?}");
+        assert_eq!(s.brokers[&1].sequencer, Some(Local));
+    }
+
+    #[test]
+    fn a_cluster_of_one_may_change_its_sequencer() {
+        use SequencerKind::{Local, Ring};
+        let mut s = ClusterState::default();
+        s.apply(&broker_with(1, Some(Local)));
+        assert!(s.apply(&broker_with(1, Some(Ring))).rejected.is_none());
+        assert_eq!(s.sequencer, Some(Ring));
+        assert!(s.apply(&broker_with(2, Some(Ring))).rejected.is_none());
+        assert!(s.sequencer_conflict(3, Some(Local)).is_some());
+        assert!(s.sequencer_conflict(3, Some(Ring)).is_none());
+    }
+
+    #[test]
+    fn registrations_without_a_sequencer_still_apply() {
+        // Entries and snapshots written before brokers reported their sequencer.
+        let mut s = ClusterState::default();
+        assert!(s.apply(&broker_with(1, None)).rejected.is_none());
+        assert_eq!(s.sequencer, None);
+        assert!(s
+            .apply(&broker_with(2, Some(SequencerKind::Ring)))
+            .rejected
+            .is_none());
+        assert_eq!(s.sequencer, Some(SequencerKind::Ring));
+        assert!(s.apply(&broker_with(3, None)).rejected.is_none());
+        let old: ClusterState = serde_json::from_str(
+            r#"{"cluster_id":"c","brokers":{"1":{"id":1,"raft_addr":"b1:9093","endpoints":[]}},"topics":{}}"#,
+        )
+        .expect("old snapshot");
+        assert_eq!(old.sequencer, None);
+        assert_eq!(old.brokers[&1].sequencer, None);
+        let json = serde_json::to_string(&s).expect("encode");
+        let back: ClusterState = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.sequencer, Some(SequencerKind::Ring));
+        assert_eq!(back.brokers[&2].sequencer, Some(SequencerKind::Ring));
     }
 
     fn topic(name: &str, id: u8, replicas: Vec<Vec<i32>>) -> MetaCommand {
@@ -572,6 +760,29 @@ mod tests {
     }
 
     #[test]
+    fn topics_remember_the_index_that_created_their_partitions() {
+        let mut s = three_brokers();
+        s.applied_index = 7;
+        s.apply(&topic("a", 1, vec![vec![1, 2, 3]]));
+        assert_eq!(s.topics["a"].created_index, 7);
+        s.applied_index = 9;
+        s.apply(&MetaCommand::AddPartitions {
+            name: "a".into(),
+            replicas: vec![vec![2, 3, 1]],
+        });
+        assert_eq!(
+            s.topics["a"].created_index, 9,
+            "new partitions: the later entry"
+        );
+        s.applied_index = 11;
+        s.apply(&MetaCommand::AlterTopicConfigs {
+            name: "a".into(),
+            configs: BTreeMap::new(),
+        });
+        assert_eq!(s.topics["a"].created_index, 9, "other commands leave it");
+    }
+
+    #[test]
     fn first_registration_fixes_the_cluster_id() {
         let s = three_brokers();
         assert_eq!(s.cluster_id.as_deref(), Some("c1"));
@@ -674,6 +885,61 @@ mod tests {
         let r = restored.apply(&MetaCommand::AllocateProducerIds { count: 5 });
         assert!(r.rejected.is_some() && r.producer_ids.is_none());
         assert_eq!(restored.next_producer_id, i64::MAX - 1);
+    }
+
+    #[test]
+    fn an_offline_replica_leaves_the_isr_and_cannot_lead_until_it_is_back() {
+        let mut s = three_brokers();
+        s.apply(&topic("a", 1, vec![vec![1, 2, 3], vec![2, 3, 1]]));
+        let report = |leader, epoch, isr: Vec<i32>| {
+            MetaCommand::PartitionStates(vec![PartitionReport {
+                topic_id: [1; 16],
+                partition: 0,
+                leader,
+                epoch,
+                isr,
+            }])
+        };
+        let storage = |broker, offline| MetaCommand::ReplicaStorage {
+            topic_id: [1; 16],
+            partition: 0,
+            broker,
+            offline,
+        };
+        s.apply(&report(1, 3, vec![1, 2, 3]));
+        assert!(s.apply(&storage(1, true)).rejected.is_none());
+        let p = &s.topics["a"].partitions[0];
+        assert_eq!((p.leader, p.epoch, p.isr.clone()), (-1, 3, vec![2, 3]));
+        assert_eq!(s.offline_replicas(&[1; 16], 0), BTreeSet::from([1]));
+        assert!(s.offline_replicas(&[1; 16], 1).is_empty());
+        // A report the failed leader sent just before is ignored.
+        s.apply(&report(1, 3, vec![1, 2, 3]));
+        assert_eq!(s.topics["a"].partitions[0].leader, -1);
+        // The successor's ISR never holds the offline replica.
+        s.apply(&report(2, 4, vec![1, 2, 3]));
+        let p = &s.topics["a"].partitions[0];
+        assert_eq!((p.leader, p.epoch, p.isr.clone()), (2, 4, vec![2, 3]));
+        // Back after a restart: listed online, taken into the ISR by the next report.
+        s.apply(&storage(1, false));
+        assert!(s.offline_replicas(&[1; 16], 0).is_empty());
+        assert!(s.topics["a"].offline.is_empty());
+        s.apply(&report(2, 4, vec![1, 2, 3]));
+        assert_eq!(s.topics["a"].partitions[0].isr, vec![1, 2, 3]);
+        // Unknown topic or partition: refused.
+        let bad = MetaCommand::ReplicaStorage {
+            topic_id: [9; 16],
+            partition: 0,
+            broker: 1,
+            offline: true,
+        };
+        assert!(s.apply(&bad).rejected.is_some());
+        let bad = MetaCommand::ReplicaStorage {
+            topic_id: [1; 16],
+            partition: 7,
+            broker: 1,
+            offline: true,
+        };
+        assert!(s.apply(&bad).rejected.is_some());
     }
 
     #[test]

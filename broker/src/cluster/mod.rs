@@ -13,14 +13,14 @@ pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
 use self::meta_store::{MetaLogStore, MetaStateMachine, MetaWatch};
-use self::metadata::{BrokerInfo, ClusterState, MetaCommand, MetaRaft, MetaReply};
+use self::metadata::{BrokerInfo, ClusterState, MetaCommand, MetaRaft, MetaReply, Rejection};
 use self::network::{MetaRoute, Network};
 use self::transport::{Handler, Transport};
 use self::wire::{ForwardError, GroupKey, Request, Response};
@@ -31,6 +31,8 @@ use crate::storage::meta::MetaStore;
 const WRITE_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a forwarded write may take on the leader.
 const FORWARD_TTL: Duration = Duration::from_secs(10);
+/// How often each broker probes every other registered broker (liveness for Metadata).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -62,6 +64,8 @@ impl RaftTiming {
             election_timeout_max: self.election_min_ms * 2,
             snapshot_policy: snapshots,
             max_payload_entries: 64,
+            // Elections are started by the pre-vote driver (`spawn_elections`).
+            enable_elect: false,
             ..Default::default()
         };
         let valid = config
@@ -69,6 +73,18 @@ impl RaftTiming {
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         Ok(Arc::new(valid))
     }
+}
+
+/// Starts a group's election driver: openraft's own election timer is off in every group
+/// (`RaftTiming::config`), and elections start only after a pre-vote round finds a quorum
+/// that would vote (`raft_support::prevote`), so a broker cut off from the others does not
+/// raise its terms and force elections when it comes back.
+pub fn spawn_elections<C, R>(raft: openraft::Raft<C>, network: Network<R>)
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    R: network::Route<C>,
+{
+    raft_support::spawn_election_driver(raft, network);
 }
 
 pub struct ClusterOptions {
@@ -80,6 +96,13 @@ pub struct ClusterOptions {
     /// This broker's own cluster id, proposed if the cluster has none yet.
     pub cluster_id: String,
     pub timing: RaftTiming,
+    /// A broker that has not answered for this long is not live (broker.session.timeout.ms).
+    pub session_timeout: Duration,
+}
+
+/// Answers peers' frontier probes (the broker's frontier driver).
+pub trait FrontierPeer: Send + Sync {
+    fn on_probe(&self, probe: frontier::Probe<GroupKey>) -> frontier::Ack<GroupKey>;
 }
 
 pub struct Cluster {
@@ -90,6 +113,11 @@ pub struct Cluster {
     pub timing: RaftTiming,
     seeds: BTreeMap<u64, String>,
     groups: RwLock<HashMap<GroupKey, PartitionRaft>>,
+    frontier: std::sync::OnceLock<Arc<dyn FrontierPeer>>,
+    /// Set when the cluster refused this broker's registration: the reason it must stop.
+    refused: tokio::sync::watch::Sender<Option<String>>,
+    started: Instant,
+    session_timeout: Duration,
 }
 
 impl Cluster {
@@ -115,10 +143,10 @@ impl Cluster {
             .config("metadata", openraft::SnapshotPolicy::LogsSinceLast(1000))
             .map_err(|e| raft_err(&e))?;
         let network = Network::new(Arc::clone(&transport), MetaRoute);
-        let raft = MetaRaft::new(options.node_id, config, network, log, sm)
+        let raft = MetaRaft::new(options.node_id, config, network.clone(), log, sm)
             .await
             .map_err(|e| raft_err(&e))?;
-        raft_support::spawn_split_vote_breaker(raft.clone());
+        spawn_elections(raft.clone(), network);
         let is_voter = options.seeds.contains_key(&options.node_id);
         if is_voter && !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
             // Every seed initializes with the same voter set: openraft documents this as
@@ -141,6 +169,10 @@ impl Cluster {
             timing: options.timing,
             seeds: options.seeds,
             groups: RwLock::new(HashMap::new()),
+            frontier: std::sync::OnceLock::new(),
+            refused: tokio::sync::watch::channel(None).0,
+            started: Instant::now(),
+            session_timeout: options.session_timeout,
         });
         if let Some(listener) = listener {
             tokio::spawn(transport::serve(listener, Arc::clone(&cluster)));
@@ -151,7 +183,36 @@ impl Cluster {
             options.cluster_id,
         ));
         tokio::spawn(add_learners(Arc::clone(&cluster)));
+        tokio::spawn(probe_brokers(Arc::clone(&cluster)));
         Ok(cluster)
+    }
+
+    /// Resolves with the reason once the cluster refused this broker's registration (its
+    /// sequencer is not the cluster's); the broker then stops. Pending forever otherwise.
+    pub async fn refused(&self) -> String {
+        let mut rx = self.refused.subscribe();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether broker `id` is live, as Kafka's Metadata means it (KRaft fences a broker
+    /// whose heartbeats stop for broker.session.timeout.ms): this broker itself, and every
+    /// broker whose transport answered within the session timeout. Each broker probes the
+    /// others every 500 ms, so the view is this broker's own. During the first session
+    /// timeout after start, before probes could answer, every broker counts as live.
+    pub fn is_live(&self, id: i32) -> bool {
+        let Ok(node) = u64::try_from(id) else {
+            return false;
+        };
+        node == self.node_id
+            || self.started.elapsed() < self.session_timeout
+            || self.transport.answered_within(node, self.session_timeout)
     }
 
     /// The applied cluster metadata.
@@ -162,6 +223,11 @@ impl Cluster {
     /// The metadata leader (Kafka's active controller), if known.
     pub fn controller(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Where peers' frontier probes go (set once, when the broker starts its driver).
+    pub fn set_frontier_peer(&self, peer: Arc<dyn FrontierPeer>) {
+        let _ = self.frontier.set(peer);
     }
 
     pub fn register_group(&self, key: GroupKey, raft: PartitionRaft) {
@@ -289,6 +355,18 @@ impl Handler for Cluster {
             Request::MetaVote(rpc) => Response::Vote(self.raft.vote(rpc).await),
             Request::MetaSnapshot(rpc) => Response::Snapshot(self.raft.install_snapshot(rpc).await),
             Request::MetaWrite(cmd) => Response::MetaWrite(self.write_local(cmd).await),
+            Request::Frontier(probe) => match self.frontier.get() {
+                Some(peer) => Response::Frontier(peer.on_probe(probe)),
+                None => Response::NoGroup,
+            },
+            Request::Ping => Response::Pong,
+            Request::PreVote(key, rpc) => match self.group(&key) {
+                Some(raft) => Response::PreVote(raft_support::answer_pre_vote(&raft, &rpc).await),
+                None => Response::NoGroup,
+            },
+            Request::MetaPreVote(rpc) => {
+                Response::PreVote(raft_support::answer_pre_vote(&self.raft, &rpc).await)
+            }
         }
     }
 }
@@ -306,6 +384,22 @@ async fn register(cluster: Arc<Cluster>, info: BrokerInfo, cluster_id: String) {
                 cluster_id: cluster_id.clone(),
             };
             match cluster.write(cmd).await {
+                Ok(MetaReply {
+                    rejected: Some(Rejection::SequencerMismatch(why)),
+                    ..
+                }) => {
+                    tracing::error!(id = info.id, reason = %why, "the cluster refused this broker");
+                    cluster.refused.send_replace(Some(why));
+                    return;
+                }
+                Ok(MetaReply {
+                    rejected: Some(other),
+                    ..
+                }) => {
+                    tracing::warn!(reason = %other, "broker registration refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
                 Ok(_) => tracing::info!(id = info.id, "registered in the cluster metadata"),
                 Err(e) => {
                     tracing::warn!(error = %e, "broker registration failed; retrying");
@@ -316,6 +410,34 @@ async fn register(cluster: Arc<Cluster>, info: BrokerInfo, cluster_id: String) {
         }
         if state.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Probes every other registered broker each PROBE_INTERVAL; an answer marks it live
+/// (`Transport::answered_within`). Each probe runs on its own task, so a paused broker that
+/// times out does not delay the others.
+async fn probe_brokers(cluster: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let state = cluster.state();
+        for b in state.brokers.values() {
+            let Ok(id) = u64::try_from(b.id) else {
+                continue;
+            };
+            if id == cluster.node_id {
+                continue;
+            }
+            let transport = Arc::clone(&cluster.transport);
+            let addr = b.raft_addr.clone();
+            tokio::spawn(async move {
+                let probe = transport.call(id, &addr, &Request::Ping, PROBE_INTERVAL * 2);
+                if let Err(e) = probe.await {
+                    tracing::trace!(peer = id, error = %e, "liveness probe failed");
+                }
+            });
         }
     }
 }

@@ -20,6 +20,7 @@ use openraft::raft::{
 };
 use openraft::RPCTypes;
 use openraft::{BasicNode, RaftTypeConfig};
+use raft_support::{PreVoteNetwork, PreVoteRequest, PreVoteResponse};
 
 use super::metadata::MetaConfig;
 use super::transport::{Transport, TransportError};
@@ -31,6 +32,7 @@ pub trait Route<C: RaftTypeConfig>: Clone + Send + Sync + 'static {
     fn append(&self, rpc: AppendEntriesRequest<C>) -> Request;
     fn vote(&self, rpc: VoteRequest<u64>) -> Request;
     fn snapshot(&self, rpc: InstallSnapshotRequest<C>) -> Request;
+    fn pre_vote(&self, rpc: PreVoteRequest) -> Request;
 }
 
 /// A partition's group.
@@ -46,6 +48,9 @@ impl Route<TypeConfig> for PartitionRoute {
     }
     fn snapshot(&self, rpc: InstallSnapshotRequest<TypeConfig>) -> Request {
         Request::Snapshot(self.0, rpc)
+    }
+    fn pre_vote(&self, rpc: PreVoteRequest) -> Request {
+        Request::PreVote(self.0, rpc)
     }
 }
 
@@ -63,6 +68,9 @@ impl Route<MetaConfig> for MetaRoute {
     fn snapshot(&self, rpc: InstallSnapshotRequest<MetaConfig>) -> Request {
         Request::MetaSnapshot(rpc)
     }
+    fn pre_vote(&self, rpc: PreVoteRequest) -> Request {
+        Request::MetaPreVote(rpc)
+    }
 }
 
 #[derive(Clone)]
@@ -74,6 +82,31 @@ pub struct Network<R> {
 impl<R> Network<R> {
     pub fn new(transport: Arc<Transport>, route: R) -> Self {
         Self { transport, route }
+    }
+}
+
+/// Pre-vote requests (see `raft_support::prevote`) travel on the control lane like votes.
+/// Any failure to get an answer counts as a refusal, so a node that reaches nobody never
+/// campaigns.
+impl<C, R> PreVoteNetwork<C> for Network<R>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    R: Route<C>,
+{
+    async fn pre_vote(
+        &self,
+        target: u64,
+        node: BasicNode,
+        request: PreVoteRequest,
+        ttl: std::time::Duration,
+    ) -> Result<PreVoteResponse, String> {
+        let rpc = self.route.pre_vote(request);
+        match self.transport.call(target, &node.addr, &rpc, ttl).await {
+            Ok(Response::PreVote(answer)) => Ok(answer),
+            Ok(Response::NoGroup) => Err("does not host the group".to_string()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use raft_support::{PreVoteRequest, PreVoteResponse};
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{MetaCommand, MetaConfig, MetaReply};
@@ -44,6 +45,14 @@ pub enum Request {
     MetaSnapshot(InstallSnapshotRequest<MetaConfig>),
     /// A metadata command forwarded to the metadata leader.
     MetaWrite(MetaCommand),
+    /// A frontier round's probe (see `frontier_driver`).
+    Frontier(frontier::Probe<GroupKey>),
+    /// Liveness probe: every broker asks every registered broker now and then, so each one
+    /// knows which brokers are up (Metadata lists only those).
+    Ping,
+    /// Would the receiver vote for the sender in the next term? (`raft_support::prevote`)
+    PreVote(GroupKey, PreVoteRequest),
+    MetaPreVote(PreVoteRequest),
 }
 
 /// Which of the two connections to a peer a request takes: heartbeats, votes and metadata
@@ -74,6 +83,10 @@ pub enum Response {
     /// The receiver hosts no replica of that group (yet: it may not have applied the
     /// metadata that creates it).
     NoGroup,
+    Frontier(frontier::Ack<GroupKey>),
+    /// The answer to `Ping`.
+    Pong,
+    PreVote(PreVoteResponse),
 }
 
 /// Why a forwarded metadata write did not happen.

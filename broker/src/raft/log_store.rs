@@ -10,12 +10,13 @@ use std::fmt::Debug;
 use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    CommittedLeaderId, EntryPayload, OptionalSend, RaftLogReader, StorageIOError, Vote,
+    AnyError, CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend,
+    RaftLogReader, StorageIOError, Vote,
 };
 use tokio::sync::mpsc;
 
@@ -90,6 +91,10 @@ pub fn raise_log_start(
 
 pub type SharedLog = Arc<RwLock<LogShared>>;
 
+/// Told the term of every vote before it is persisted (and so before Raft acts on it): the
+/// frontier must know when a replica may have voted for a newer leader.
+pub type VoteHook = Arc<dyn Fn(u64) + Send + Sync>;
+
 struct FlushJob {
     file: Option<Arc<File>>,
     callback: LogFlushed<TypeConfig>,
@@ -102,6 +107,7 @@ pub struct LogStore {
     meta: Arc<MetaStore>,
     shared: SharedLog,
     flusher: mpsc::Sender<FlushJob>,
+    vote_hook: Option<VoteHook>,
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -110,6 +116,11 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError {
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(&e).into()
+}
+
+/// Truncation and purge remove entries: their errors say so (the replica's offline reason).
+fn delete_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Delete, AnyError::new(&e)).into()
 }
 
 fn lock_err() -> StorageError {
@@ -163,19 +174,38 @@ impl LogStore {
             purge_shared(&meta, group, &mut shared, snap)?;
         }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
+        let active = shared.log.active_file();
+        let shared = Arc::new(RwLock::new(shared));
         tokio::spawn(run_flusher(
             rx,
             config.flush_policy,
             config.flush_interval,
-            shared.log.active_file(),
+            active,
+            Arc::downgrade(&shared),
         ));
         Ok(Self {
             group: group.to_string(),
             node_id,
             meta,
-            shared: Arc::new(RwLock::new(shared)),
+            shared,
             flusher: tx,
+            vote_hook: None,
         })
+    }
+
+    /// Calls `hook` with the term of every vote before it is saved.
+    pub fn with_vote_hook(mut self, hook: VoteHook) -> Self {
+        self.vote_hook = Some(hook);
+        self
+    }
+
+    /// The term of the persisted vote (0: none).
+    pub fn persisted_vote_term(&self) -> Result<u64, StorageError> {
+        let vote: Option<Vote<u64>> = self
+            .meta
+            .get_raft(&self.group, "vote")
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(vote.map_or(0, |v| v.leader_id().term))
     }
 
     pub fn shared(&self) -> SharedLog {
@@ -212,11 +242,14 @@ fn contiguous_end(shared: &LogShared, node_id: u64) -> Option<LogId> {
 }
 
 /// Syncs appended data and reports it persisted, one fsync per group of queued appends.
+/// A failed sync, or an active segment deleted underneath, is reported to Raft as an error
+/// (which stops the replica's Raft node: see `storage::health`).
 async fn run_flusher(
     mut rx: mpsc::Receiver<FlushJob>,
     policy: FlushPolicy,
     interval: Duration,
     mut last_file: Option<Arc<File>>,
+    shared: Weak<RwLock<LogShared>>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     loop {
@@ -242,7 +275,8 @@ async fn run_flusher(
                 files.push(f);
             }
         }
-        if let Some(f) = files.last() {
+        let newest = files.last().cloned();
+        if let Some(f) = &newest {
             last_file = Some(Arc::clone(f));
         }
         let result = if policy == FlushPolicy::Always && !files.is_empty() {
@@ -255,8 +289,12 @@ async fn run_flusher(
         } else {
             Ok(())
         };
+        let result = result.and_then(|()| match &newest {
+            Some(f) => check_not_deleted(f, &shared),
+            None => Ok(()),
+        });
         if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of partition log failed");
+            tracing::error!(error = %e, "flush of partition log failed");
         }
         for job in jobs {
             let r = match &result {
@@ -266,6 +304,29 @@ async fn run_flusher(
             job.callback.log_io_completed(r);
         }
     }
+}
+
+/// Fails when `file`, the segment the newest append went to, was deleted while it is still
+/// the active segment: the partition's directory was removed underneath the broker. Writes
+/// to the open file would go on succeeding into an unlinked inode that no restart can read,
+/// and nothing else notices until the next roll. Rolled segments may be deleted (retention)
+/// or replaced (the cleaner): only the active one counts.
+fn check_not_deleted(file: &Arc<File>, shared: &Weak<RwLock<LogShared>>) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if file.metadata()?.nlink() > 0 {
+        return Ok(());
+    }
+    let Some(shared) = shared.upgrade() else {
+        return Ok(());
+    };
+    let active = shared.read().ok().and_then(|s| s.log.active_file());
+    if active.is_some_and(|a| Arc::ptr_eq(&a, file)) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the active segment file was deleted while in use (No such file or directory)",
+        ));
+    }
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -335,6 +396,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        if let Some(hook) = &self.vote_hook {
+            hook(vote.leader_id().term);
+        }
         self.meta
             .put_raft(&self.group, "vote", vote, true)
             .map_err(|e| StorageIOError::write_vote(&e).into())
@@ -377,10 +441,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 match &entry.payload {
                     EntryPayload::Normal(data) => {
                         let shared = &mut *shared;
-                        file = Some(append_batch(&mut shared.log, log_id, data)?);
-                        note_producer(&mut shared.producers, &data.batch);
+                        let (f, stored) = append_batch(&mut shared.log, log_id, data)?;
+                        file = Some(f);
+                        let intact = stored.is_none();
+                        note_producer(
+                            &mut shared.producers,
+                            stored.as_deref().unwrap_or(&data.batch),
+                        );
                         if let Some(signal) = &data.appended {
-                            signal.fire();
+                            signal.fire(intact);
                         }
                     }
                     EntryPayload::Blank | EntryPayload::Membership(_) => {
@@ -408,14 +477,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         shared
             .log
             .truncate_from_raft_index(log_id.index, &others)
-            .map_err(io_err)?;
+            .map_err(delete_err)?;
         // The removed tail may have held producers' latest batches: derive the table again.
         let shared_ref = &mut *shared;
         shared_ref.producers = ProducerTable::default();
         shared_ref
             .log
             .replay_producers(&mut shared_ref.producers)
-            .map_err(io_err)?;
+            .map_err(read_err)?;
         let end = contiguous_end(&shared, self.node_id);
         shared.last_log_id = end.or(shared.last_purged);
         Ok(())
@@ -444,7 +513,7 @@ fn purge_shared(
     let outcome = shared
         .log
         .purge_to_raft_index(log_id.index, &others)
-        .map_err(io_err)?;
+        .map_err(delete_err)?;
     shared.deleted.0 += outcome.segments;
     shared.deleted.1 += outcome.bytes;
     // An emptied log takes its start from the snapshot (state machine install).
@@ -492,11 +561,15 @@ fn note_producer(table: &mut ProducerTable, data: &[u8]) {
     }
 }
 
+/// Stores one batch entry. Returns the segment file written and, when the batch had to be
+/// voided (its numbers were taken in another term than the entry's), the bytes stored
+/// instead of it.
 fn append_batch(
     log: &mut PartitionLog,
     log_id: LogId,
     data: &BatchEntry,
-) -> Result<Arc<File>, StorageError> {
+) -> Result<(Arc<File>, Option<Vec<u8>>), StorageError> {
+    let bad = |e: batch::BatchError| io_err(io::Error::other(e));
     // The leader's own entries come from its produce path, which verified CRC and records;
     // entries received from a leader are checked again before they touch the log.
     let header = if data.verified {
@@ -504,17 +577,31 @@ fn append_batch(
     } else {
         batch::verify_stored(&data.batch)
     }
-    .map_err(|e| io_err(io::Error::other(e)))?;
+    .map_err(bad)?;
+    let term = log_id.leader_id.term;
+    let reserved = u64::try_from(header.span.leader_epoch).unwrap_or(0);
+    let voided = if frontier::stale_reservation(reserved, term) {
+        tracing::warn!(
+            raft_index = log_id.index,
+            base_offset = header.span.base_offset,
+            reserved_term = reserved,
+            entry_term = term,
+            "batch numbered in another term is stored without its records"
+        );
+        Some(batch::voided(&data.batch).map_err(bad)?)
+    } else {
+        None
+    };
+    let (bytes, header) = match &voided {
+        Some(v) => (v.as_slice(), batch::parse_header(v).map_err(bad)?),
+        None => (&data.batch[..], header),
+    };
     let mut span = header.span;
-    span.leader_epoch = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
-    log.append(
-        log_id.index,
-        &data.batch,
-        span,
-        header.max_timestamp,
-        now_ms(),
-    )
-    .map_err(|e| StorageIOError::write_log_entry(log_id, &e).into())
+    span.leader_epoch = i32::try_from(term).unwrap_or(i32::MAX);
+    let file = log
+        .append(log_id.index, bytes, span, header.max_timestamp, now_ms())
+        .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
+    Ok((file, voided))
 }
 
 pub fn now_ms() -> i64 {
@@ -558,6 +645,126 @@ mod tests {
 
     fn open(dir: &std::path::Path, meta: &Arc<MetaStore>) -> LogStore {
         LogStore::open("g", 1, &dir.join("p"), config(), Arc::clone(meta)).expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_batch_numbered_in_another_term_is_stored_without_its_records() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let store = open(tmp.path(), &meta);
+        let mut shared = store.shared.write().expect("lock");
+        let entry = |reserved_term: i32, base: i64| {
+            let mut b = make_batch(0, 3, 7);
+            b[43..51].copy_from_slice(&9i64.to_be_bytes()); // a producer id
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            batch::stamp(&mut b, base, reserved_term);
+            BatchEntry {
+                batch: bytes::Bytes::from(b),
+                appended: None,
+                verified: true,
+            }
+        };
+        // Numbers taken in term 4, entry of term 4: stored as sent.
+        let (_, voided) =
+            append_batch(&mut shared.log, store.log_id(4, 1), &entry(4, 100)).expect("append");
+        assert!(voided.is_none());
+        // Numbers taken in term 4, but Raft stored the entry in term 5: no records, no
+        // producer, offsets kept (readers skip it; the producer was told NOT_LEADER).
+        let (_, voided) =
+            append_batch(&mut shared.log, store.log_id(5, 2), &entry(4, 200)).expect("append");
+        let stored = voided.expect("voided");
+        let h = batch::verify_stored(&stored).expect("valid");
+        assert_eq!(
+            (h.record_count, h.span.base_offset, h.span.last_offset),
+            (0, 200, 202)
+        );
+        assert_eq!(
+            batch::producer_fields(&stored).map(|f| f.producer_id),
+            Some(-1)
+        );
+        let read = shared
+            .log
+            .read(200, 1 << 20, i64::MAX)
+            .expect("read")
+            .expect("a batch");
+        let h = batch::verify_stored(&read.bytes).expect("valid");
+        assert_eq!((h.record_count, h.span.leader_epoch), (0, 5));
+        let read = shared
+            .log
+            .read(100, 1 << 20, 200)
+            .expect("read")
+            .expect("a batch");
+        assert_eq!(
+            batch::verify_stored(&read.bytes)
+                .expect("valid")
+                .record_count,
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_active_segment_is_a_flush_error_a_deleted_rolled_one_is_not() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2]);
+        let weak = Arc::downgrade(&store.shared);
+        let first = store
+            .shared
+            .read()
+            .expect("lock")
+            .log
+            .active_file()
+            .expect("file");
+        assert!(check_not_deleted(&first, &weak).is_ok());
+        fill(&store, &[3]);
+        let active = store
+            .shared
+            .read()
+            .expect("lock")
+            .log
+            .active_file()
+            .expect("file");
+        assert!(
+            !Arc::ptr_eq(&first, &active),
+            "the third batch rolled a segment"
+        );
+        std::fs::remove_dir_all(tmp.path().join("p")).expect("rm");
+        // Retention and the cleaner delete or replace rolled segments: not an error.
+        assert!(check_not_deleted(&first, &weak).is_ok());
+        let e = check_not_deleted(&active, &weak).expect_err("the active segment is gone");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("No such file or directory"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn storage_errors_name_what_failed() {
+        use crate::storage::health::op_of;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let meta = Arc::new(MetaStore::open(&tmp.path().join("meta")).expect("meta"));
+        let mut store = open(tmp.path(), &meta);
+        fill(&store, &[1, 2, 3]);
+        // A segment cut short underneath: replication and apply read it and fail.
+        let first = tmp
+            .path()
+            .join("p")
+            .join(crate::storage::segment::log_file_name(0, 1));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .and_then(|f| f.set_len(30))
+            .expect("cut");
+        let e = store
+            .try_get_log_entries(1..=3)
+            .await
+            .expect_err("a short segment");
+        assert_eq!(op_of(&e), "read log", "{e}");
+        assert_eq!(op_of(&delete_err(io::Error::other("x"))), "delete log");
+        let entry_id = store.log_id(1, 4);
+        let e: StorageError =
+            StorageIOError::write_log_entry(entry_id, &io::Error::other("x")).into();
+        assert_eq!(op_of(&e), "write log");
     }
 
     #[tokio::test]

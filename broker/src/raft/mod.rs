@@ -33,20 +33,21 @@ pub type LogId = openraft::LogId<u64>;
 pub type StorageError = openraft::StorageError<u64>;
 
 /// Fired once when the leader has written an entry to its own log (before fsync and before
-/// commit): what acks=1 waits for.
+/// commit): what acks=1 waits for. Carries false when the batch was stored voided (its
+/// numbers belonged to another term, see `frontier::stale_reservation`).
 #[derive(Clone, Default)]
-pub struct AppendedSignal(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+pub struct AppendedSignal(Arc<Mutex<Option<oneshot::Sender<bool>>>>);
 
 impl AppendedSignal {
-    pub fn new() -> (Self, oneshot::Receiver<()>) {
+    pub fn new() -> (Self, oneshot::Receiver<bool>) {
         let (tx, rx) = oneshot::channel();
         (Self(Arc::new(Mutex::new(Some(tx)))), rx)
     }
 
-    pub fn fire(&self) {
+    pub fn fire(&self, intact: bool) {
         if let Ok(mut slot) = self.0.lock() {
             if let Some(tx) = slot.take() {
-                let _ = tx.send(());
+                let _ = tx.send(intact);
             }
         }
     }
@@ -59,7 +60,8 @@ impl std::fmt::Debug for AppendedSignal {
 }
 
 /// The application payload of a Raft entry: one record batch, already stamped with its GSN
-/// base offset. The Raft term goes into partitionLeaderEpoch when the entry is stored.
+/// base offset and, in partitionLeaderEpoch, the term its numbers were taken in. The log
+/// store voids a batch whose entry has another term, then writes the entry's term there.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchEntry {
     pub batch: Bytes,

@@ -237,6 +237,90 @@ pub fn producer_fields(buf: &[u8]) -> Option<ProducerFields> {
     })
 }
 
+/// Writes the fields every header needs into a 61-byte header `out` whose first 8 bytes
+/// (baseOffset) are set, and recomputes its length and CRC over whatever follows the header.
+#[allow(clippy::too_many_arguments)]
+fn finish_header(
+    out: &mut [u8],
+    leader_epoch: i32,
+    attributes: i16,
+    last_offset_delta: i32,
+    timestamp: i64,
+    record_count: i32,
+) {
+    let len = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&len.to_be_bytes());
+    out[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+    out[16] = MAGIC_V2 as u8;
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    out[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+    out[27..35].copy_from_slice(&timestamp.to_be_bytes());
+    out[35..43].copy_from_slice(&timestamp.to_be_bytes());
+    // No producer: producerId -1, producerEpoch -1, baseSequence -1.
+    out[43..51].copy_from_slice(&(-1i64).to_be_bytes());
+    out[51..53].copy_from_slice(&(-1i16).to_be_bytes());
+    out[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    out[57..61].copy_from_slice(&record_count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// `batch` without its records: an empty batch (Kafka's empty-batch header, as the cleaner
+/// leaves) with the same offsets and max timestamp and no producer, so neither readers nor
+/// the idempotent-producer state see anything of it. What a log stores in place of a batch
+/// whose numbers were taken in another Raft term than the entry's (`frontier::stale_reservation`).
+pub fn voided(batch: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let header = parse_header(batch)?;
+    let mut out = batch[..HEADER_LEN].to_vec();
+    finish_header(
+        &mut out,
+        header.span.leader_epoch,
+        0,
+        header.last_offset_delta,
+        header.max_timestamp,
+        0,
+    );
+    Ok(out)
+}
+
+/// Control batch attribute bits: transactional + control.
+const ATTR_MARKER: i16 = ATTR_TRANSACTIONAL | ATTR_CONTROL;
+
+/// A transaction COMMIT marker covering offsets `base..=last`, its one control record at
+/// `last`. read_committed fetches end with one when nothing else lies below the last stable
+/// offset: consumers skip control records but move their position past `last`, so a quiet
+/// partition's position reaches the stable offset. No producer (-1) and no transaction
+/// opened it, so no client has anything to commit.
+pub fn commit_marker(base: i64, last: i64, leader_epoch: i32, timestamp: i64) -> Vec<u8> {
+    let delta = i32::try_from(last.saturating_sub(base).max(0)).unwrap_or(i32::MAX);
+    let mut out = Vec::with_capacity(HEADER_LEN + 24);
+    out.extend_from_slice(&base.to_be_bytes());
+    out.resize(HEADER_LEN, 0);
+    // Record: attributes, timestampDelta 0, offsetDelta, key (version 0, type 1 = COMMIT),
+    // value (version 0, coordinator epoch 0), no headers.
+    let mut record = vec![0u8, 0u8];
+    put_varint(&mut record, i64::from(delta));
+    put_varint(&mut record, 4);
+    record.extend_from_slice(&[0, 0, 0, 1]);
+    put_varint(&mut record, 6);
+    record.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    put_varint(&mut record, 0);
+    put_varint(&mut out, record.len() as i64);
+    out.extend_from_slice(&record);
+    finish_header(&mut out, leader_epoch, ATTR_MARKER, delta, timestamp, 1);
+    out
+}
+
+/// Appends a zigzag varint (Kafka's record encoding).
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 fn take4(buf: &[u8], at: usize) -> [u8; 4] {
     let mut out = [0u8; 4];
     out.copy_from_slice(&buf[at..at + 4]);
@@ -370,5 +454,44 @@ pub(crate) mod tests {
             parse_and_verify(&b),
             Err(BatchError::BadRecordCount { .. })
         ));
+    }
+
+    #[test]
+    fn a_voided_batch_keeps_its_offsets_and_loses_records_and_producer() {
+        let mut b = make_batch(100, 3, 5_000);
+        b[43..51].copy_from_slice(&7i64.to_be_bytes());
+        stamp(&mut b, 100, 4);
+        let v = voided(&b).expect("void");
+        assert_eq!(v.len(), HEADER_LEN);
+        let h = verify_stored(&v).expect("a voided batch is a valid stored batch");
+        assert_eq!((h.span.base_offset, h.span.last_offset), (100, 102));
+        assert_eq!(h.record_count, 0);
+        assert_eq!(h.span.leader_epoch, 4);
+        assert_eq!(h.max_timestamp, 5_000);
+        assert_eq!(producer_fields(&v).map(|f| f.producer_id), Some(-1));
+    }
+
+    #[test]
+    fn a_commit_marker_is_one_control_record_at_its_last_offset() {
+        let m = commit_marker(1_000, 1_499, 3, 42);
+        let h = verify_stored(&m).expect("valid stored batch");
+        assert_eq!((h.span.base_offset, h.span.last_offset), (1_000, 1_499));
+        assert_eq!(h.record_count, 1);
+        assert_eq!(
+            h.attributes & (ATTR_CONTROL | ATTR_TRANSACTIONAL),
+            ATTR_MARKER
+        );
+        let mut buf = bytes::Bytes::from(m);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).expect("decodes");
+        assert_eq!(set.records.len(), 1);
+        let r = &set.records[0];
+        assert!(r.control && r.transactional);
+        assert_eq!(r.offset, 1_499);
+        assert_eq!(
+            r.key.as_deref(),
+            Some(&[0u8, 0, 0, 1][..]),
+            "COMMIT, version 0"
+        );
+        assert_eq!(r.producer_id, -1);
     }
 }

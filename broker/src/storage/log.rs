@@ -35,8 +35,16 @@ pub struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     /// Batches of the active (last) segment with their Raft indexes, in order.
     active: Vec<RaftBatch>,
-    /// Leader epoch (Raft term) -> first offset written in it, for OffsetForLeaderEpoch.
-    epochs: BTreeMap<i32, i64>,
+    /// Leader epoch (Raft term) -> the offsets its batches span, for OffsetForLeaderEpoch.
+    epochs: BTreeMap<i32, EpochSpan>,
+}
+
+/// The offsets a leader epoch's batches cover in a log: the first batch's base offset and
+/// the offset after its last batch (with GSN offsets the next epoch starts well above it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochSpan {
+    pub start: i64,
+    pub end: i64,
 }
 
 /// What `read` found for a fetch.
@@ -69,7 +77,7 @@ impl PartitionLog {
             let (seg, batches) =
                 Segment::open(dir, base, first_raft, config.index_interval_bytes, last)?;
             for b in &batches {
-                log.note_epoch(b.span.leader_epoch, b.span.base_offset);
+                log.note_epoch(&b.span);
             }
             if last {
                 log.active = assign_raft_indexes(first_raft, base, &batches, others);
@@ -90,7 +98,7 @@ impl PartitionLog {
         max_timestamp: i64,
         now_ms: i64,
     ) -> io::Result<Arc<File>> {
-        self.note_epoch(span.leader_epoch, span.base_offset);
+        self.note_epoch(&span);
         if self.should_roll(data.len() as u64, now_ms) {
             self.roll(span.base_offset, raft_index, now_ms)?;
         }
@@ -341,7 +349,11 @@ impl PartitionLog {
         }
         self.drop_empty_tail(others)?;
         let end = self.end_offset().unwrap_or(i64::MIN);
-        self.epochs.retain(|_, start| *start < end);
+        self.epochs.retain(|_, e| e.start < end);
+        // Truncation cuts a suffix: only the last remaining epoch can have lost batches.
+        if let Some(last) = self.epochs.values_mut().next_back() {
+            last.end = last.end.min(end);
+        }
         Ok(())
     }
 
@@ -365,26 +377,33 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn note_epoch(&mut self, epoch: i32, start_offset: i64) {
-        if self
-            .epochs
-            .keys()
-            .next_back()
-            .is_none_or(|last| epoch > *last)
-        {
-            self.epochs.insert(epoch, start_offset);
+    fn note_epoch(&mut self, span: &BatchSpan) {
+        let end = span.last_offset + 1;
+        match self.epochs.iter_mut().next_back() {
+            Some((last, e)) if *last == span.leader_epoch => e.end = e.end.max(end),
+            Some((last, _)) if *last > span.leader_epoch => {}
+            _ => {
+                self.epochs.insert(
+                    span.leader_epoch,
+                    EpochSpan {
+                        start: span.base_offset,
+                        end,
+                    },
+                );
+            }
         }
     }
 
-    /// Kafka's OffsetForLeaderEpoch: the largest epoch <= `epoch` present in the log and the
-    /// offset where the epoch after it starts (or the log end). None when no such epoch exists.
-    pub fn end_of_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
-        let (&found, _) = self.epochs.range(..=epoch).next_back()?;
-        let end = match self.epochs.range(found + 1..).next() {
-            Some((_, start)) => *start,
-            None => self.end_offset()?,
-        };
-        Some((found, end))
+    /// OffsetForLeaderEpoch on the leader whose own epoch is `current`: see `epoch_end`.
+    /// The log end is the offset after the last batch (`high_watermark` for an empty log).
+    pub fn end_of_epoch(
+        &self,
+        requested: i32,
+        current: i32,
+        high_watermark: i64,
+    ) -> Option<(i32, i64)> {
+        let log_end = self.end_offset().unwrap_or(high_watermark);
+        epoch_end(&self.epochs, requested, current, log_end)
     }
 
     /// Feeds the producer fields of every batch, oldest first, to `table` (rebuilds the
@@ -665,6 +684,63 @@ fn assign_raft_indexes(
         .collect()
 }
 
+/// Kafka's OffsetForLeaderEpoch answer on a leader (`LeaderEpochFileCache.endOffsetFor`) for
+/// GSN offsets: the largest epoch <= `requested` that has batches here, and the offset after
+/// its last batch. The leader's own epoch `current` (which may have no batch yet) ends at
+/// the log end. An epoch older than every batch here (retention removed its batches) gets
+/// the start of the first epoch after it, as Kafka answers. A negative epoch, or one newer
+/// than the leader's, has no answer (clients treat that as truncation).
+pub fn epoch_end(
+    epochs: &BTreeMap<i32, EpochSpan>,
+    requested: i32,
+    current: i32,
+    log_end: i64,
+) -> Option<(i32, i64)> {
+    if requested < 0 || requested > current {
+        return None;
+    }
+    if requested == current {
+        return Some((current, log_end));
+    }
+    match epochs.range(..=requested).next_back() {
+        Some((&epoch, span)) => Some((epoch, span.end)),
+        None => Some((
+            requested,
+            epochs.values().next().map_or(log_end, |first| first.start),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    fn epochs(list: &[(i32, i64, i64)]) -> BTreeMap<i32, EpochSpan> {
+        list.iter()
+            .map(|&(e, start, end)| (e, EpochSpan { start, end }))
+            .collect()
+    }
+
+    #[test]
+    fn an_epoch_ends_after_its_last_batch() {
+        // Epoch 2: batches 10..=19 and 40..=44; epoch 5 starts at 100 (GSN gap).
+        let map = epochs(&[(2, 10, 45), (5, 100, 130)]);
+        assert_eq!(epoch_end(&map, 2, 7, 130), Some((2, 45)));
+        // Epochs without batches here fall back to the largest epoch below.
+        assert_eq!(epoch_end(&map, 3, 7, 130), Some((2, 45)));
+        assert_eq!(epoch_end(&map, 6, 7, 130), Some((5, 130)));
+        // The leader's own epoch ends at the log end, batches or not.
+        assert_eq!(epoch_end(&map, 7, 7, 130), Some((7, 130)));
+        // Older than every batch: where the first known epoch starts (Kafka).
+        assert_eq!(epoch_end(&map, 1, 7, 130), Some((1, 10)));
+        // Unknown: negative, or newer than the leader.
+        assert_eq!(epoch_end(&map, -1, 7, 130), None);
+        assert_eq!(epoch_end(&map, 8, 7, 130), None);
+        // An empty log: everything ends at the log end.
+        assert_eq!(epoch_end(&BTreeMap::new(), 3, 7, 0), Some((3, 0)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,11 +755,74 @@ mod tests {
     }
 
     fn put(log: &mut PartitionLog, raft: u64, base: i64, count: i32) {
+        put_in_epoch(log, raft, base, count, 1);
+    }
+
+    fn put_in_epoch(log: &mut PartitionLog, raft: u64, base: i64, count: i32, epoch: i32) {
         let mut b = make_batch(0, count, base);
-        batch::stamp(&mut b, base, 1);
+        batch::stamp(&mut b, base, epoch);
         let h = batch::parse_and_verify(&b).expect("valid");
         log.append(raft, &b, h.span, h.max_timestamp, 0)
             .expect("append");
+    }
+
+    #[test]
+    fn epoch_ends_follow_appends_truncation_and_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let others = BTreeSet::new();
+        let mut log = PartitionLog::open(dir.path(), cfg(200), &others).expect("open");
+        put_in_epoch(&mut log, 1, 0, 2, 1);
+        put_in_epoch(&mut log, 2, 10, 1, 1);
+        put_in_epoch(&mut log, 3, 50, 3, 3);
+        put_in_epoch(&mut log, 4, 60, 1, 3);
+        // Epoch 1 ends after its last batch (11), not where epoch 3 starts (50).
+        assert_eq!(log.end_of_epoch(1, 4, 0), Some((1, 11)));
+        assert_eq!(log.end_of_epoch(2, 4, 0), Some((1, 11)));
+        assert_eq!(log.end_of_epoch(3, 4, 0), Some((3, 61)));
+        assert_eq!(log.end_of_epoch(4, 4, 0), Some((4, 61)));
+        log.truncate_from_raft_index(4, &others).expect("truncate");
+        assert_eq!(log.end_of_epoch(3, 4, 0), Some((3, 53)));
+        log.truncate_from_raft_index(3, &others).expect("truncate");
+        assert_eq!(log.end_of_epoch(3, 4, 0), Some((1, 11)));
+        assert_eq!(log.end_of_epoch(4, 4, 0), Some((4, 11)));
+        put_in_epoch(&mut log, 3, 70, 2, 4);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(200), &others).expect("reopen");
+        assert_eq!(log.end_of_epoch(1, 5, 0), Some((1, 11)));
+        assert_eq!(log.end_of_epoch(4, 5, 0), Some((4, 72)));
+    }
+
+    #[test]
+    fn io_errors_reach_the_caller() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("p");
+        let others = BTreeSet::new();
+        let mut log = PartitionLog::open(&dir, cfg(200), &others).expect("open");
+        put(&mut log, 1, 0, 1);
+        put(&mut log, 2, 10, 1);
+        // A segment cut short underneath: the read fails, it does not return less.
+        let first = dir.join(segment::log_file_name(0, 1));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .and_then(|f| f.set_len(30))
+            .expect("cut");
+        assert!(log.read(0, 1 << 20, 100).is_err());
+        // The directory removed: the open segment still takes writes, but the roll that
+        // creates the next file fails with NotFound.
+        std::fs::remove_dir_all(&dir).expect("rm");
+        let mut failed = None;
+        for (i, base) in [20i64, 30, 40].into_iter().enumerate() {
+            let mut b = make_batch(0, 1, base);
+            batch::stamp(&mut b, base, 1);
+            let h = batch::parse_and_verify(&b).expect("valid");
+            if let Err(e) = log.append(3 + i as u64, &b, h.span, h.max_timestamp, 0) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("a roll into the removed directory fails");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
     }
 
     #[test]

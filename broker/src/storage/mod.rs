@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod compact;
+pub mod health;
 pub mod log;
 pub mod meta;
 pub mod records;
