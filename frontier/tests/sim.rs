@@ -1499,10 +1499,14 @@ fn restarting_every_broker_keeps_the_frontier_moving_forward() {
 /// confirm), some seed commits below a frontier or a served stable offset.
 #[test]
 fn without_confirmation_a_deposed_leader_breaks_the_frontier() {
-    let caught = (0..200).any(|seed| {
+    // A deposed leader that still reaches its peers' frontier cores needs a Raft cut around
+    // a leader while a new leader commits: at this rate about 1 seed in 70 of the first 200
+    // shows it (seeds 21, 34, 158); at 5 per mille only 2 of 600 did. Deterministic: `any`
+    // stops at seed 21.
+    let caught = (0..400).any(|seed| {
         let mut cfg = SimConfig::faulty(seed);
         cfg.break_confirmation = true;
-        cfg.raft_link_cut_per_mille = 5;
+        cfg.raft_link_cut_per_mille = 30;
         run_seed(cfg).is_err()
     });
     assert!(

@@ -38,7 +38,9 @@ def produce_chunks(bootstrap: str, topic: str, chunks: int, timestamp=None, tag=
 
 
 def watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("wm")})
+    # read_uncommitted: the high watermark (read_committed's end is the stable frontier F).
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("wm"),
+                  "isolation.level": "read_uncommitted"})
     try:
         return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     finally:
