@@ -63,7 +63,11 @@ class Cluster:
         self.wait(lambda: len(self.admin().list_topics(timeout=5).brokers) == 3, "3 brokers")
 
     def admin(self):
-        return AdminClient({"bootstrap.servers": BOOTSTRAP})
+        # One client for the cluster's life: a temporary one is destroyed before its
+        # futures answer (librdkafka's _DESTROY).
+        if getattr(self, "_admin", None) is None:
+            self._admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        return self._admin
 
     def wait(self, cond, what, timeout=90):
         deadline = time.monotonic() + timeout

@@ -32,12 +32,15 @@ import json
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+
+from confluent_kafka.admin import NewTopic
 
 from cluster import KAFKA_PORTS, Cluster, http_get, metric, wait_for
 from load import ProducerLoad
 from conftest import NOTES as OUT_NOTES
-from test_faults import PARTITIONS, PROGRESS, RATE, create_topic, topic_state, whole
+from test_faults import PARTITIONS, PROGRESS, RATE, admin, in_sync, topic_state, whole
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 import kproto as kp  # noqa: E402  (shared raw-protocol helpers of the Python suite)
@@ -142,6 +145,14 @@ def ack_gaps(producers: list[ProducerLoad], t0: float, t1: float) -> dict[int, f
     return gaps
 
 
+def create_topic(c: Cluster) -> str:
+    """One topic of PARTITIONS partitions, RF 3, led and in sync."""
+    topic = f"reconnect-{uuid.uuid4().hex[:8]}"
+    admin(c).create_topics([NewTopic(topic, PARTITIONS, 3)], request_timeout=30)[topic].result(60)
+    wait_for(lambda: in_sync(c, topic), f"topic {topic}: leaders and full ISR", 90, 0.5)
+    return topic
+
+
 def test_reconnected_broker_forces_no_election(cluster: Cluster):
     c = cluster
     wait_for(lambda: whole(c), "the cluster whole before the cut", 180, 1.0)
@@ -174,7 +185,7 @@ def test_reconnected_broker_forces_no_election(cluster: Cluster):
         wait_for(lambda: time.monotonic() - t_back >= AFTER_S, "the observation window",
                  AFTER_S + 5, 0.1)
         t_end = time.monotonic()
-        wait_for(lambda: whole(c, topic), "the cluster whole again", 120, 1.0)
+        wait_for(lambda: whole(c, [topic]), "the cluster whole again", 120, 1.0)
         after = {p: (pm.leader, None) for p, pm in topic_state(c, topic).items()}
     finally:
         sampler.halt.set()
