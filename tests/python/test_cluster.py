@@ -11,6 +11,7 @@ internal listener advertises its own addresses. Waits are condition polls with d
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -138,12 +139,14 @@ class Cluster:
             b.cleanup()
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def running_cluster(tmp_path, **flags):
+    """3 brokers (extra flags for each) on a 2-switch ring, stopped at the end; a broker that
+    logged a Rust panic fails the test."""
     ring = Ring(tmp_path, switches=2)
     c = None
     try:
-        c = Cluster(tmp_path, ring)
+        c = Cluster(tmp_path, ring, **flags)
         yield c
     finally:
         if c is not None:
@@ -152,6 +155,12 @@ def cluster(tmp_path):
                 panic = b.first_log_line_with("panicked at")
                 assert panic is None, f"broker {i} panicked: {panic}"
         ring.close()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with running_cluster(tmp_path) as c:
+        yield c
 
 
 class Load(CheckedThread):

@@ -10,25 +10,14 @@ from pathlib import Path
 import pytest
 
 from kafkatest import Out, consume_all, produce, wait_for
-from test_cluster import Cluster, wait
+from test_cluster import running_cluster, wait
 from test_compaction import CLEANER_FLAGS, compacted_view_ok, metric, segment_bases
-from test_ring import Ring
 
 
 @pytest.fixture
 def cleaning_cluster(tmp_path):
-    ring = Ring(tmp_path, switches=2)
-    c = None
-    try:
-        c = Cluster(tmp_path, ring, **CLEANER_FLAGS)
+    with running_cluster(tmp_path, **CLEANER_FLAGS) as c:
         yield c
-    finally:
-        if c is not None:
-            c.close()
-            for i, b in c.brokers.items():
-                panic = b.first_log_line_with("panicked at")
-                assert panic is None, f"broker {i} panicked: {panic}"
-        ring.close()
 
 
 def test_every_replica_compacts_and_a_new_leader_serves_the_compacted_view(cleaning_cluster, tmp_path):

@@ -32,8 +32,7 @@ from kafka import TopicPartition as KTopicPartition
 
 import kproto as kp
 from kafkatest import Out, create_topics, produce, unique_name, wait_for
-from test_cluster import Cluster, wait
-from test_ring import Ring
+from test_cluster import running_cluster, wait
 
 READ_COMMITTED = 1
 # Consumer errors that only say a broker went away (the test kills one).
@@ -263,18 +262,8 @@ class IdempotentLoad(threading.Thread):
 
 @pytest.fixture
 def cluster(tmp_path):
-    ring = Ring(tmp_path, switches=2)
-    c = None
-    try:
-        c = Cluster(tmp_path, ring)
+    with running_cluster(tmp_path) as c:
         yield c
-    finally:
-        if c is not None:
-            c.close()
-            for i, b in c.brokers.items():
-                panic = b.first_log_line_with("panicked at")
-                assert panic is None, f"broker {i} panicked: {panic}"
-        ring.close()
 
 
 def test_ordered_reader_gets_the_global_order_through_a_leader_kill(cluster):

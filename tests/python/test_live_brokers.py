@@ -16,8 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from kafka import KafkaAdminClient, KafkaProducer
 
-from test_cluster import Cluster, wait
-from test_ring import Ring
+from test_cluster import running_cluster, wait
 
 SESSION_MS = 2000
 # Session timeout + a probe interval + Metadata polling, with room for a loaded machine.
@@ -27,18 +26,8 @@ BACK_WITHIN_S = 20.0
 
 @pytest.fixture
 def quick_cluster(tmp_path):
-    ring = Ring(tmp_path, switches=2)
-    c = None
-    try:
-        c = Cluster(tmp_path, ring, broker_session_timeout_ms=SESSION_MS)
+    with running_cluster(tmp_path, broker_session_timeout_ms=SESSION_MS) as c:
         yield c
-    finally:
-        if c is not None:
-            c.close()
-            for i, b in c.brokers.items():
-                panic = b.first_log_line_with("panicked at")
-                assert panic is None, f"broker {i} panicked: {panic}"
-        ring.close()
 
 
 def listed(cluster, via):

@@ -12,26 +12,15 @@ from confluent_kafka import Consumer, TopicPartition
 
 import kproto as kp
 from kafkatest import Out, produce, unique_name
-from test_cluster import Cluster, wait
-from test_ring import Ring
+from test_cluster import running_cluster, wait
 
 SEGMENT = 1024
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    ring = Ring(tmp_path, switches=2)
-    c = None
-    try:
-        c = Cluster(tmp_path, ring, log_retention_check_interval_ms=200)
+    with running_cluster(tmp_path, log_retention_check_interval_ms=200) as c:
         yield c
-    finally:
-        if c is not None:
-            c.close()
-            for i, b in c.brokers.items():
-                panic = b.first_log_line_with("panicked at")
-                assert panic is None, f"broker {i} panicked: {panic}"
-        ring.close()
 
 
 def earliest(broker, topic):
