@@ -833,19 +833,21 @@ mod tests {
         assert!(s.topics.is_empty());
     }
 
+    /// A leader's report for partition 0 of the topic with id [1; 16].
+    fn report(leader: i32, epoch: i32, isr: Vec<i32>) -> MetaCommand {
+        MetaCommand::PartitionStates(vec![PartitionReport {
+            topic_id: [1; 16],
+            partition: 0,
+            leader,
+            epoch,
+            isr,
+        }])
+    }
+
     #[test]
     fn stale_leader_reports_are_ignored() {
         let mut s = three_brokers();
         s.apply(&topic("a", 1, vec![vec![1, 2, 3]]));
-        let report = |leader, epoch, isr: Vec<i32>| {
-            MetaCommand::PartitionStates(vec![PartitionReport {
-                topic_id: [1; 16],
-                partition: 0,
-                leader,
-                epoch,
-                isr,
-            }])
-        };
         s.apply(&report(1, 3, vec![1, 2, 3]));
         s.apply(&report(2, 4, vec![2, 3]));
         // The old leader wakes up and reports its old term: ignored.
@@ -891,15 +893,6 @@ mod tests {
     fn an_offline_replica_leaves_the_isr_and_cannot_lead_until_it_is_back() {
         let mut s = three_brokers();
         s.apply(&topic("a", 1, vec![vec![1, 2, 3], vec![2, 3, 1]]));
-        let report = |leader, epoch, isr: Vec<i32>| {
-            MetaCommand::PartitionStates(vec![PartitionReport {
-                topic_id: [1; 16],
-                partition: 0,
-                leader,
-                epoch,
-                isr,
-            }])
-        };
         let storage = |broker, offline| MetaCommand::ReplicaStorage {
             topic_id: [1; 16],
             partition: 0,
